@@ -1,0 +1,153 @@
+"""The in-process handler API: HTTP routes and WebSocket endpoints mounted on an Engine.
+
+This is what embedding code (and the built-in echo endpoint) programs against; the
+service IPC layer plugs in through the same two shapes. Handlers never see a
+transport: HTTP handlers return a ``Response``; WebSocket endpoints get a
+``WebSocket`` whose ``send`` queues bytes and returns at once.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from protocol import ErrorCode
+from protocol.http import HttpRequest
+
+if TYPE_CHECKING:
+    from .ws_protocol import WebSocket
+
+__all__ = [
+    "HttpHandler",
+    "Request",
+    "Response",
+    "Routes",
+    "WebSocketEndpoint",
+    "error_body",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """An HTTP request as handlers see it."""
+
+    http: HttpRequest
+    #: ``(host, port)`` of the peer, or None when unknown.
+    remote: tuple[str, int] | None
+    #: Values of ``:name`` segments of the matched route.
+    params: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        return self.http.method
+
+    @property
+    def path(self) -> str:
+        return self.http.path
+
+    @property
+    def query(self) -> str:
+        return self.http.query
+
+    @property
+    def body(self) -> bytes:
+        return self.http.body
+
+    def header(self, name: str) -> str | None:
+        return self.http.header(name.lower())
+
+    def json(self) -> Any:
+        """The body parsed as JSON (raises ``orjson.JSONDecodeError``)."""
+        return orjson.loads(self.http.body)
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A complete HTTP response. ``content-length`` is added for you."""
+
+    status: int = 200
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+    @classmethod
+    def json(
+        cls, data: Any, status: int = 200, headers: Sequence[tuple[str, str]] = ()
+    ) -> Response:
+        return cls(status, [("content-type", "application/json"), *headers], orjson.dumps(data))
+
+    @classmethod
+    def text(cls, text: str, status: int = 200) -> Response:
+        return cls(status, [("content-type", "text/plain; charset=utf-8")], text.encode())
+
+    @classmethod
+    def error(cls, code: ErrorCode, message: str, status: int | None = None) -> Response:
+        """An error in the shared shape ``{"error": {"code", "message"}}``."""
+        return cls(
+            status or code.status,
+            [("content-type", "application/json")],
+            error_body(code, message),
+        )
+
+
+def error_body(code: ErrorCode, message: str) -> bytes:
+    return orjson.dumps({"error": {"code": code.value, "message": message}})
+
+
+HttpHandler = Callable[[Request], Awaitable[Response]]
+
+
+class WebSocketEndpoint:
+    """Base class for an in-process WebSocket endpoint; override what you need.
+
+    Each method may be a plain function or a coroutine. A coroutine ``on_message``
+    is awaited before the connection's next message is handed over, so messages of
+    one connection are handled in order; while it runs, further messages queue up
+    to ``Limits.max_inbound_queue`` and then the engine stops reading the socket.
+    A plain ``on_message`` runs inline, with no task per message (the fast path).
+    """
+
+    #: Accept binary messages; if False they are refused with close 1003.
+    accept_binary: bool = True
+
+    def select_subprotocol(self, offered: Sequence[str]) -> str | None:
+        """Pick one of the client's subprotocols, or None (the default)."""
+        return None
+
+    def on_connect(self, ws: WebSocket) -> Awaitable[None] | None:
+        return None
+
+    def on_message(self, ws: WebSocket, data: str | bytes) -> Awaitable[None] | None:
+        return None
+
+    def on_disconnect(self, ws: WebSocket, code: int) -> Awaitable[None] | None:
+        return None
+
+
+def is_async(func: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(func)
+
+
+class Routes:
+    """Exact-path tables of HTTP handlers and WebSocket endpoints."""
+
+    def __init__(self) -> None:
+        self.http: dict[tuple[str, str], HttpHandler] = {}
+        self.websocket: dict[str, WebSocketEndpoint] = {}
+
+    def add_http(self, method: str, path: str, handler: HttpHandler) -> None:
+        key = (method.upper(), path)
+        if key in self.http:
+            raise ValueError(f"{method} {path} is already routed")
+        self.http[key] = handler
+
+    def add_websocket(self, path: str, endpoint: WebSocketEndpoint) -> None:
+        if path in self.websocket:
+            raise ValueError(f"WebSocket path {path} is already mounted")
+        self.websocket[path] = endpoint
+
+    def methods_for(self, path: str) -> list[str]:
+        return sorted(m for (m, p) in self.http if p == path)

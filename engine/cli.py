@@ -1,0 +1,258 @@
+"""``engine``: the command line. Every flag also reads ``LINKD_<FLAG>`` from the environment.
+
+engine --listen :3000 --ipc /tmp/linkd.sock --echo /echo
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from protocol import Limits
+from protocol.ws import DeflateOptions
+
+from .config import Config, parse_listen
+from .log import LEVELS, configure_logging
+from .server import Engine
+
+__all__ = ["build_parser", "config_from_args", "main"]
+
+
+def _env_name(flag: str) -> str:
+    return "LINKD_" + flag.lstrip("-").upper().replace("-", "_")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Adds ``LINKD_*`` defaults and shows both default and variable in ``--help``."""
+
+    def add(self, flag: str, *, help: str, env: tuple[str, ...] = (), **kwargs: Any) -> None:
+        names = (_env_name(flag), *env)
+        default = kwargs.pop("default", None)
+        for name in names:
+            if name in os.environ:
+                raw = os.environ[name]
+                if kwargs.get("action") == "append":
+                    default = [v for v in raw.split(",") if v]
+                elif kwargs.get("action") == "store_true":
+                    default = raw.lower() in ("1", "true", "yes", "on")
+                else:
+                    default = kwargs.get("type", str)(raw)
+                break
+        shown = "none" if default is None else default
+        if kwargs.get("action") == "store_true":
+            shown = "off" if not default else "on"
+        help_text = f"{help} [default: {shown}; env: {' or '.join(names)}]"
+        self.add_argument(flag, default=default, help=help_text, **kwargs)
+
+
+def _size(value: str) -> int:
+    """``1048576``, ``64k``, ``1m``, ``16M``, ``1g``."""
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    value = value.strip().lower().removesuffix("b").removesuffix("i")
+    if value and value[-1] in units:
+        return int(float(value[:-1]) * units[value[-1]])
+    return int(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="engine",
+        description="Linkd engine: HTTP and WebSocket gateway in front of service workers.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    d = Config()
+    lim = Limits()
+    p.add("--listen", default=":3000", help="HOST:PORT or :PORT to accept clients on")
+    p.add("--ipc", default=d.ipc_path, help="Unix socket path for service workers")
+    p.add(
+        "--echo",
+        action="append",
+        metavar="PATH",
+        help="mount the built-in WebSocket echo endpoint on PATH (repeatable)",
+    )
+    p.add(
+        "--service",
+        action="append",
+        metavar="MODULE[:ATTR]",
+        help="start a service worker from this module (repeatable)",
+    )
+    p.add("--workers", type=int, default=d.workers, help="worker processes per --service")
+    p.add(
+        "--redis",
+        default=None,
+        env=("LINKD_REDIS_URL",),
+        help="redis://... to share rooms and presence across engine nodes",
+    )
+    p.add("--jwt-secret", default=None, help="HMAC secret for HS256/384/512 tokens")
+    p.add("--jwt-public-key", default=None, metavar="FILE", help="PEM public key for RS/ES/EdDSA")
+    p.add("--jwks", default=None, metavar="FILE", help="JWKS file with public keys")
+    p.add(
+        "--heartbeat",
+        type=float,
+        default=d.heartbeat,
+        help="ping a silent WebSocket after SECONDS (0: never)",
+    )
+    p.add(
+        "--heartbeat-timeout",
+        type=float,
+        default=d.heartbeat_timeout,
+        help="close (1011) when the pong is this late, in seconds",
+    )
+    p.add(
+        "--header-timeout",
+        type=float,
+        default=d.header_timeout,
+        help="seconds to receive a request's headers, also the WebSocket handshake (408)",
+    )
+    p.add(
+        "--body-timeout",
+        type=float,
+        default=d.body_timeout,
+        help="seconds to receive a request body after its headers (408)",
+    )
+    p.add(
+        "--keep-alive-timeout",
+        type=float,
+        default=d.keep_alive_timeout,
+        help="seconds an idle keep-alive connection stays open",
+    )
+    p.add(
+        "--close-timeout",
+        type=float,
+        default=d.close_timeout,
+        help="seconds to wait for the peer's close frame before dropping TCP",
+    )
+    p.add(
+        "--shutdown-grace",
+        type=float,
+        default=d.shutdown_grace,
+        help="seconds granted to in-flight work on SIGTERM/SIGINT",
+    )
+    p.add(
+        "--max-message-size",
+        type=_size,
+        default=lim.max_message_bytes,
+        help="largest WebSocket message after inflation, bytes (1009 above)",
+    )
+    p.add(
+        "--max-body-size",
+        type=_size,
+        default=lim.max_body_bytes,
+        help="largest HTTP request body, bytes (413 above)",
+    )
+    p.add(
+        "--max-header-size",
+        type=_size,
+        default=lim.max_header_bytes,
+        help="largest request line plus headers, bytes (431 above)",
+    )
+    p.add(
+        "--max-inbound-queue",
+        type=int,
+        default=lim.max_inbound_queue,
+        help="messages waiting for a handler before reading pauses (resumes at 1/4)",
+    )
+    p.add(
+        "--max-outbound-buffer",
+        type=_size,
+        default=lim.max_outbound_bytes,
+        help="unsent bytes after which a client is a slow consumer (1013)",
+    )
+    p.add("--no-compression", action="store_true", default=False, help="refuse permessage-deflate")
+    p.add(
+        "--compression-threshold",
+        type=_size,
+        default=lim.compression_threshold,
+        help="messages shorter than this many bytes are sent uncompressed",
+    )
+    p.add(
+        "--allow-server-context-takeover",
+        action="store_true",
+        default=False,
+        help="do not insist on server_no_context_takeover (better ratio, "
+        "no shared compressed frames, ~256 KiB more per connection)",
+    )
+    p.add("--log-level", default=d.log_level, choices=LEVELS, help="logging threshold")
+    p.add(
+        "--no-access-log",
+        action="store_true",
+        default=False,
+        help="do not log one line per HTTP request",
+    )
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    host, port = parse_listen(args.listen)
+    limits = Limits(
+        max_header_bytes=args.max_header_size,
+        max_body_bytes=args.max_body_size,
+        max_message_bytes=args.max_message_size,
+        max_inbound_queue=args.max_inbound_queue,
+        max_outbound_bytes=args.max_outbound_buffer,
+        compression_threshold=args.compression_threshold,
+    )
+    deflate = DeflateOptions(
+        enabled=not args.no_compression,
+        server_no_context_takeover=not args.allow_server_context_takeover,
+    )
+    return Config(
+        host=host,
+        port=port,
+        ipc_path=args.ipc,
+        echo_paths=tuple(args.echo or ()),
+        services=tuple(args.service or ()),
+        workers=args.workers,
+        redis_url=args.redis,
+        jwt_secret=args.jwt_secret,
+        jwt_public_key=args.jwt_public_key,
+        jwks=args.jwks,
+        log_level=args.log_level,
+        access_log=not args.no_access_log,
+        heartbeat=args.heartbeat,
+        heartbeat_timeout=args.heartbeat_timeout,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        keep_alive_timeout=args.keep_alive_timeout,
+        close_timeout=args.close_timeout,
+        shutdown_grace=args.shutdown_grace,
+        limits=limits,
+        deflate=deflate,
+    )
+
+
+def _install_uvloop() -> str:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    configure_logging(config.log_level)
+    loop_name = _install_uvloop()
+    import logging
+
+    logging.getLogger("linkd.server").info("linkd %s on %s", config.version, loop_name)
+    try:
+        asyncio.run(Engine(config).serve())
+    except OSError as exc:
+        print(f"engine: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

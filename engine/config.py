@@ -1,0 +1,92 @@
+"""Engine configuration: one frozen dataclass, built from CLI flags, env vars or code."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from protocol import Limits
+from protocol.ws import DeflateOptions
+
+__all__ = ["Config", "parse_listen"]
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``:PORT`` (all interfaces) or ``[::1]:PORT`` → (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"--listen wants HOST:PORT or :PORT, got {value!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything an engine needs to start. Every field has a default that works.
+
+    Timeouts are in seconds. Sizes are in bytes and live in ``limits``.
+    """
+
+    host: str = "0.0.0.0"
+    port: int = 3000
+    #: Unix socket where service workers connect (used by the IPC layer).
+    ipc_path: str = "/tmp/linkd.sock"
+    ipc_mode: int = 0o600
+    #: Paths that mount the built-in WebSocket echo endpoint.
+    echo_paths: tuple[str, ...] = ()
+    services: tuple[str, ...] = ()
+    workers: int = 1
+    redis_url: str | None = None
+    jwt_secret: str | None = field(default=None, repr=False)
+    jwt_public_key: str | None = None
+    jwks: str | None = None
+    log_level: str = "info"
+    access_log: bool = True
+
+    #: Ping a WebSocket that has been silent this long; 0 disables heartbeats.
+    heartbeat: float = 20.0
+    #: Close (1011) when the pong is not back this long after the ping.
+    heartbeat_timeout: float = 20.0
+    #: From the first byte of a request (or the connection) to its last header byte.
+    #: This also bounds the WebSocket opening handshake. Against slowloris.
+    header_timeout: float = 10.0
+    #: From the end of the headers to the end of the body.
+    body_timeout: float = 30.0
+    #: An idle keep-alive connection is closed after this long.
+    keep_alive_timeout: float = 5.0
+    #: After we send a close frame, wait this long for the peer's, then drop TCP.
+    close_timeout: float = 5.0
+    #: SIGTERM/SIGINT: time granted to in-flight work before connections are dropped.
+    shutdown_grace: float = 10.0
+    #: Resolution of the single timer sweeper that drives every timeout above.
+    timer_resolution: float = 0.25
+
+    limits: Limits = field(default_factory=Limits)
+    deflate: DeflateOptions = field(default_factory=DeflateOptions)
+    backlog: int = 2048
+
+    def __post_init__(self) -> None:
+        for name in (
+            "heartbeat",
+            "heartbeat_timeout",
+            "header_timeout",
+            "body_timeout",
+            "keep_alive_timeout",
+            "close_timeout",
+            "shutdown_grace",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.timer_resolution <= 0:
+            raise ValueError("timer_resolution must be positive")
+
+    @property
+    def version(self) -> str:
+        from . import __version__
+
+        return __version__
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    """``LINKD_<NAME>`` from the environment."""
+    return os.environ.get(f"LINKD_{name.upper().replace('-', '_')}", default)

@@ -1,0 +1,82 @@
+"""Engine metrics on a private prometheus-client registry.
+
+One registry per Engine, so tests and embedders can run several engines in one
+process. Counters on the per-message path are plain integer attributes, read by a
+custom collector at scrape time: a prometheus ``Counter.inc()`` takes a lock, which
+is too much to pay per delivered frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["Metrics"]
+
+
+class Metrics(Collector):
+    """Counters and gauges of one engine; attributes are bumped directly by the shell."""
+
+    def __init__(self) -> None:
+        self.http_open = 0
+        self.ws_open = 0
+        self.http_requests: dict[int, int] = {}
+        self.ws_messages_in = 0
+        self.ws_messages_out = 0
+        self.ws_bytes_in = 0
+        self.ws_closes: dict[int, int] = {}
+        self.slow_consumers = 0
+        self.dropped_messages = 0
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    def count_request(self, status: int) -> None:
+        self.http_requests[status] = self.http_requests.get(status, 0) + 1
+
+    def count_close(self, code: int) -> None:
+        self.ws_closes[code] = self.ws_closes.get(code, 0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        conns = GaugeMetricFamily("linkd_connections", "Open client connections", labels=["kind"])
+        conns.add_metric(["http"], self.http_open)
+        conns.add_metric(["websocket"], self.ws_open)
+        yield conns
+        reqs = CounterMetricFamily(
+            "linkd_http_requests", "HTTP responses sent, by status", labels=["status"]
+        )
+        for status, n in sorted(self.http_requests.items()):
+            reqs.add_metric([str(status)], n)
+        yield reqs
+        yield CounterMetricFamily(
+            "linkd_ws_messages_received", "WebSocket messages received", value=self.ws_messages_in
+        )
+        yield CounterMetricFamily(
+            "linkd_ws_bytes_received", "WebSocket message bytes received", value=self.ws_bytes_in
+        )
+        yield CounterMetricFamily(
+            "linkd_ws_messages_sent",
+            "WebSocket messages queued to clients",
+            value=self.ws_messages_out,
+        )
+        closes = CounterMetricFamily(
+            "linkd_ws_closes", "WebSocket connections closed, by close code", labels=["code"]
+        )
+        for code, n in sorted(self.ws_closes.items()):
+            closes.add_metric([str(code)], n)
+        yield closes
+        yield CounterMetricFamily(
+            "linkd_slow_consumers",
+            "Connections closed with 1013 because their outbound buffer passed its cap",
+            value=self.slow_consumers,
+        )
+        yield CounterMetricFamily(
+            "linkd_dropped_messages",
+            "Messages not delivered because the connection was closing or too slow",
+            value=self.dropped_messages,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,165 @@
+"""Engine: listeners, lifecycle and graceful shutdown; the object embedders use.
+
+engine = Engine(Config(port=8080))
+engine.websocket("/echo", EchoEndpoint())
+await engine.start()
+...
+await engine.stop()          # 1001 to WebSocket clients, finish HTTP, then close
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+from protocol import CloseCode
+
+from .app import HttpHandler, Routes, WebSocketEndpoint
+from .config import Config
+from .echo import EchoEndpoint
+from .http_protocol import HttpProtocol
+from .metrics import Metrics
+from .state import ServerState
+
+__all__ = ["Engine"]
+
+log = logging.getLogger("linkd.server")
+
+
+class Engine:
+    """A Linkd engine: mount handlers, then ``start()`` inside a running loop.
+
+    Args:
+        config: everything tunable; the defaults listen on ``0.0.0.0:3000``.
+    """
+
+    def __init__(self, config: Config | None = None) -> None:
+        self.config = config or Config()
+        self.routes = Routes()
+        self.metrics = Metrics()
+        self._server: asyncio.Server | None = None
+        self._state: ServerState | None = None
+        self._stopped: asyncio.Event | None = None
+        for path in self.config.echo_paths:
+            self.websocket(path, EchoEndpoint())
+
+    # ------------------------------------------------------------- mounting
+    def route(self, method: str, path: str, handler: HttpHandler) -> None:
+        """Serve ``method path`` with ``async def handler(request) -> Response``."""
+        self.routes.add_http(method, path, handler)
+
+    def http(self, method: str, path: str) -> Callable[[HttpHandler], HttpHandler]:
+        """Decorator form of ``route``."""
+
+        def register(handler: HttpHandler) -> HttpHandler:
+            self.route(method, path, handler)
+            return handler
+
+        return register
+
+    def websocket(self, path: str, endpoint: WebSocketEndpoint) -> None:
+        """Accept WebSocket upgrades on ``path``, handled by ``endpoint``."""
+        self.routes.add_websocket(path, endpoint)
+
+    # ------------------------------------------------------------ lifecycle
+    @property
+    def state(self) -> ServerState:
+        if self._state is None:
+            raise RuntimeError("the engine is not started")
+        return self._state
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (useful with ``port=0``)."""
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("the engine is not listening")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        """Bind and start accepting; returns once listening."""
+        if self._server is not None:
+            raise RuntimeError("already started")
+        loop = asyncio.get_running_loop()
+        self._state = state = ServerState(self.config, self.routes, loop, self.metrics)
+        self._stopped = asyncio.Event()
+        self._server = await loop.create_server(
+            lambda: HttpProtocol(state),
+            self.config.host,
+            self.config.port,
+            backlog=self.config.backlog,
+            reuse_address=True,
+        )
+        log.info(
+            "listening on %s:%d (WebSocket paths: %s)",
+            self.config.host,
+            self.port,
+            ", ".join(sorted(self.routes.websocket)) or "none",
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, close WebSockets with 1001, finish HTTP, within ``grace``."""
+        if self._server is None or self._state is None:
+            return
+        grace = self.config.shutdown_grace if grace is None else grace
+        state = self._state
+        state.shutting_down = True
+        started = time.monotonic()
+        self._server.close()  # stop accepting
+        for ws in list(state.ws_connections):
+            ws.close(CloseCode.GOING_AWAY, "server shutting down")
+        for http in list(state.http_connections):
+            http.shutdown()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state.wait_idle(), grace)
+        left = len(state.ws_connections) + len(state.http_connections)
+        if left:
+            log.warning("grace period over: dropping %d connections", left)
+        for ws in list(state.ws_connections):
+            ws.abort()
+        for http in list(state.http_connections):
+            http.abort()
+        for task in list(state.tasks):
+            task.cancel()
+        if state.tasks:
+            await asyncio.gather(*state.tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        state.sweeper.close()
+        self._server = None
+        log.info("stopped in %.2fs", time.monotonic() - started)
+        assert self._stopped is not None
+        self._stopped.set()
+
+    async def serve(self) -> None:
+        """Start, run until SIGINT or SIGTERM, then stop gracefully."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+            log.info("signal received: shutting down (grace %.1fs)", self.config.shutdown_grace)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError):
+                    loop.remove_signal_handler(sig)
+            await self.stop()
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,108 @@
+"""What every connection of one engine shares: config, clocks, registries, the corker."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from protocol.ws import SharedDeflater
+
+from .app import Routes
+from .config import Config
+from .metrics import Metrics
+from .sweeper import Sweeper
+
+if TYPE_CHECKING:
+    from .http_protocol import HttpProtocol
+    from .ws_protocol import WsProtocol
+
+__all__ = ["Corker", "ServerState"]
+
+
+class Corker:
+    """Collects the frames queued to each connection during one loop iteration.
+
+    The first frame queued to a connection registers it here; one ``call_soon``
+    flushes every registered connection with a single ``write``/``writelines``, after
+    the callbacks already due in this iteration. An idle system adds no timer and no
+    delay; a busy one turns N deliveries to a connection into one system call.
+    """
+
+    __slots__ = ("_loop", "_pending", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._pending: list[WsProtocol] = []
+        self._scheduled = False
+
+    def add(self, proto: WsProtocol) -> None:
+        self._pending.append(proto)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, []
+        for proto in pending:
+            proto.flush()
+
+
+class ServerState:
+    """Shared by the listener and every protocol instance of one ``Engine``."""
+
+    def __init__(
+        self, config: Config, routes: Routes, loop: asyncio.AbstractEventLoop, metrics: Metrics
+    ) -> None:
+        self.config = config
+        self.limits = config.limits
+        self.routes = routes
+        self.loop = loop
+        self.metrics = metrics
+        self.sweeper = Sweeper(loop, config.timer_resolution)
+        self.corker = Corker(loop)
+        self.http_connections: set[HttpProtocol] = set()
+        self.ws_connections: set[WsProtocol] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.shutting_down = False
+        self._idle: asyncio.Event | None = None
+        self._deflaters: dict[int, SharedDeflater] = {}
+        self._next_id = 0
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.ws_connections or self.http_connections or self.tasks)
+
+    def check_idle(self) -> None:
+        """Called when a connection or task ends: wakes ``wait_idle`` at the last one."""
+        if self._idle is not None and not self.busy:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Until no connection is open and no handler task runs (used at shutdown)."""
+        self._idle = asyncio.Event()
+        if self.busy:
+            await self._idle.wait()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self.check_idle()
+
+    def next_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def shared_deflater(self, window_bits: int) -> SharedDeflater:
+        """The one context-free compressor for a window size (see ``SharedDeflater``)."""
+        deflater = self._deflaters.get(window_bits)
+        if deflater is None:
+            opts = self.config.deflate
+            deflater = SharedDeflater(window_bits, opts.level, opts.mem_level)
+            self._deflaters[window_bits] = deflater
+        return deflater
+
+    def spawn(self, coro: asyncio.Future[None] | asyncio.Task[None] | object) -> None:
+        """Run a coroutine as a task the engine tracks (and awaits at shutdown)."""
+        task: asyncio.Task[None] = self.loop.create_task(coro)  # type: ignore[arg-type]
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)

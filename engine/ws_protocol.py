@@ -1,0 +1,446 @@
+"""WsProtocol: the asyncio shell around one ``WsConn``; also the ``WebSocket`` handlers see.
+
+A thin pump: ``data_received`` feeds the core, events are dispatched to the endpoint,
+bytes the core owes are queued. Everything outbound goes through ``_queue``, which
+corks frames until the end of the loop iteration and applies the slow-consumer
+policy: a connection whose unsent bytes pass ``max_outbound_bytes`` is sent 1013 and
+given ``close_timeout`` to read it before TCP is dropped, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import deque
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, cast
+
+from protocol import CloseCode
+from protocol.http import HttpRequest
+from protocol.ws import (
+    BinaryMessage,
+    ConnectionFailed,
+    OutboundMessage,
+    PeerClosed,
+    PingReceived,
+    PongReceived,
+    TextMessage,
+    WsConn,
+    WsState,
+)
+
+if TYPE_CHECKING:
+    from .app import WebSocketEndpoint
+    from .state import ServerState
+
+__all__ = ["WebSocket", "WsProtocol"]
+
+log = logging.getLogger("linkd.ws")
+
+# Why reading is paused; reading resumes when no reason is left.
+_PAUSE_QUEUE = 1
+_PAUSE_WRITE = 2
+
+
+class WsProtocol(asyncio.Protocol):
+    """One upgraded connection. Handlers receive it as a ``WebSocket``."""
+
+    __slots__ = (
+        "_busy",
+        "_close_code",
+        "_closed",
+        "_conn",
+        "_disconnect_code",
+        "_endpoint",
+        "_inbox",
+        "_last_rx",
+        "_out",
+        "_out_bytes",
+        "_paused",
+        "_ping_payload",
+        "_pong_deadline",
+        "_received_close",
+        "_state",
+        "_transport",
+        "_write_ready",
+        "deadline",
+        "id",
+        "remote",
+        "request",
+        "subprotocol",
+    )
+
+    def __init__(
+        self,
+        state: ServerState,
+        endpoint: WebSocketEndpoint,
+        conn: WsConn,
+        request: HttpRequest,
+        remote: tuple[str, int] | None,
+        subprotocol: str | None,
+    ) -> None:
+        self._state = state
+        self._endpoint = endpoint
+        self._conn = conn
+        self._transport: asyncio.Transport | None = None
+        #: Engine-unique connection id.
+        self.id = state.next_id()
+        #: The upgrade request (path, query string, headers).
+        self.request = request
+        self.remote = remote
+        self.subprotocol = subprotocol
+        self.deadline = math.inf
+        self._out: list[bytes] | None = None
+        self._out_bytes = 0
+        self._inbox: deque[str | bytes] = deque()
+        self._busy = False
+        self._paused = 0
+        self._last_rx = 0.0
+        self._ping_payload: bytes | None = None
+        self._pong_deadline = math.inf
+        self._close_code: int | None = None  # the code we sent
+        self._received_close: int | None = None  # the code the peer sent
+        self._closed = False
+        self._disconnect_code: int | None = None
+        self._write_ready: asyncio.Event | None = None
+
+    # ------------------------------------------------------------ public API
+    @property
+    def path(self) -> str:
+        return self.request.path
+
+    @property
+    def closed(self) -> bool:
+        """True once no more messages can be sent (closing handshake started or done)."""
+        return self._closed or self._conn.state is not WsState.OPEN
+
+    def send(self, data: str | bytes) -> bool:
+        """Queue one message; returns False (and drops it) when the connection is closing.
+
+        Never blocks and never raises for a closed peer: a broadcast must not stop at
+        one bad recipient. Use ``drain()`` to wait for the kernel to take the bytes.
+        """
+        if not self._conn.raw_allowed or self._closed:
+            self._state.metrics.dropped_messages += 1
+            return False
+        self._queue(self._conn.send(data))
+        self._state.metrics.ws_messages_out += 1
+        return True
+
+    def send_prepared(self, message: OutboundMessage) -> bool:
+        """Queue a pre-built message (the fan-out path: encoded once for everyone)."""
+        if not self._conn.raw_allowed or self._closed:
+            self._state.metrics.dropped_messages += 1
+            return False
+        deflate = self._conn.deflate
+        shared = None
+        if deflate is not None and deflate.shared_key is not None:
+            shared = self._state.shared_deflater(deflate.shared_key)
+        self._queue(self._conn.prepared(message, shared))
+        self._state.metrics.ws_messages_out += 1
+        return True
+
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Start the closing handshake; TCP is dropped if the peer does not answer."""
+        if self._closed:
+            return
+        frame = self._conn.close(code, reason)
+        if not frame:
+            return
+        self._close_code = code
+        self._queue(frame)
+        self._set_deadline(self._state.loop.time() + self._state.config.close_timeout)
+
+    def abort(self) -> None:
+        """Drop the TCP connection now, without a closing handshake."""
+        if self._transport is not None and not self._closed:
+            self._transport.abort()
+
+    async def drain(self) -> None:
+        """Wait until the transport's write buffer is below its low-water mark."""
+        if self._write_ready is None or self._closed:
+            return
+        await self._write_ready.wait()
+
+    # ------------------------------------------------------ asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
+        self._transport = transport
+        limits = self._state.limits
+        transport.set_write_buffer_limits(limits.write_high_water, limits.write_low_water)
+        self._state.ws_connections.add(self)
+        self._state.metrics.ws_open += 1
+        self._last_rx = self._state.loop.time()
+        self._arm_heartbeat(self._last_rx)
+        log.debug("ws %d open %s from %s", self.id, self.request.path, self.remote)
+        result = self._endpoint.on_connect(self)
+        if result is not None:
+            self._run(result)
+        # Frames that arrived with the upgrade request (h11's trailing_data).
+        self._handle_events()
+
+    def data_received(self, data: bytes) -> None:
+        self._last_rx = self._state.loop.time()
+        self._conn.receive_data(data)
+        self._handle_events()
+
+    def eof_received(self) -> bool:
+        self._conn.receive_data(None)
+        self._handle_events()
+        return False  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.deadline = math.inf
+        self._out = None
+        self._state.ws_connections.discard(self)
+        self._state.metrics.ws_open -= 1
+        self._state.check_idle()
+        code = self._received_close or self._close_code or CloseCode.ABNORMAL
+        self._state.metrics.count_close(code)
+        if self._write_ready is not None:
+            self._write_ready.set()
+        log.debug("ws %d closed code=%d", self.id, code)
+        if self._busy:
+            self._disconnect_code = code  # delivered after the queued messages
+        else:
+            self._notify_disconnect(code)
+
+    def pause_writing(self) -> None:
+        if self._write_ready is None:
+            self._write_ready = asyncio.Event()
+        self._write_ready.clear()
+        self._pause(_PAUSE_WRITE)
+
+    def resume_writing(self) -> None:
+        if self._write_ready is not None:
+            self._write_ready.set()
+        self._resume(_PAUSE_WRITE)
+
+    # ------------------------------------------------------------- inbound
+    def _handle_events(self) -> None:
+        conn = self._conn
+        for event in conn.events():
+            if isinstance(event, TextMessage):
+                self._dispatch(event.data)
+            elif isinstance(event, BinaryMessage):
+                if not self._endpoint.accept_binary:
+                    self.close(CloseCode.UNSUPPORTED_DATA, "binary messages are not accepted")
+                    continue
+                self._dispatch(event.data)
+            elif isinstance(event, PingReceived):
+                # §5.5.3: the pong goes out before anything the rest of this read causes.
+                for frame in conn.data_to_send():
+                    self._queue(frame)
+            elif isinstance(event, PongReceived):
+                if event.payload == self._ping_payload:
+                    self._ping_payload = None
+                    self._pong_deadline = math.inf
+            elif isinstance(event, PeerClosed):
+                self._received_close = event.code
+                self._finish(conn.data_to_send())
+                return
+            elif isinstance(event, ConnectionFailed):
+                self._close_code = event.code
+                log.info("ws %d failed: %d %s", self.id, event.code, event.reason)
+                self._finish(conn.data_to_send())
+                return
+        owed = conn.data_to_send()
+        for frame in owed:
+            self._queue(frame)
+
+    def _finish(self, frames: list[bytes]) -> None:
+        """The handshake is over (or failed): send what is owed, then close TCP first."""
+        for frame in frames:
+            self._queue(frame)
+        self.flush()
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.close()  # flushes the buffer, then closes
+        # If the buffer never drains, abort after close_timeout.
+        self._set_deadline(self._state.loop.time() + self._state.config.close_timeout)
+
+    def _dispatch(self, data: str | bytes) -> None:
+        metrics = self._state.metrics
+        metrics.ws_messages_in += 1
+        if self._busy:
+            self._inbox.append(data)
+            if len(self._inbox) >= self._state.limits.max_inbound_queue:
+                self._pause(_PAUSE_QUEUE)
+            return
+        try:
+            result = self._endpoint.on_message(self, data)
+        except Exception:
+            self._handler_failed()
+            return
+        if result is not None:
+            self._run(result)
+
+    def _run(self, first: Awaitable[None]) -> None:
+        self._busy = True
+        self._state.spawn(self._drain_inbox(first))
+
+    async def _drain_inbox(self, first: Awaitable[None]) -> None:
+        """Await a handler, then hand over queued messages one at a time, in order."""
+        pending: Awaitable[None] | None = first
+        low = self._state.limits.max_inbound_queue // 4
+        try:
+            while True:
+                if pending is not None:
+                    try:
+                        await pending
+                    except Exception:
+                        self._handler_failed()
+                if not self._inbox:
+                    break
+                data = self._inbox.popleft()
+                if len(self._inbox) <= low:
+                    self._resume(_PAUSE_QUEUE)
+                try:
+                    pending = self._endpoint.on_message(self, data)
+                except Exception:
+                    self._handler_failed()
+                    pending = None
+        finally:
+            self._busy = False
+            if self._disconnect_code is not None:
+                code, self._disconnect_code = self._disconnect_code, None
+                self._notify_disconnect(code)
+
+    def _handler_failed(self) -> None:
+        # The handler's bug: log it here, tell the client only "internal error".
+        log.exception("ws %d: handler for %s failed", self.id, self.request.path)
+        self.close(CloseCode.INTERNAL_ERROR, "internal error")
+
+    def _notify_disconnect(self, code: int) -> None:
+        try:
+            result = self._endpoint.on_disconnect(self, code)
+        except Exception:
+            log.exception("ws %d: on_disconnect failed", self.id)
+            return
+        if result is not None:
+
+            async def wait() -> None:
+                try:
+                    await result
+                except Exception:
+                    log.exception("ws %d: on_disconnect failed", self.id)
+
+            self._state.spawn(wait())
+
+    # ------------------------------------------------------------ outbound
+    def _queue(self, frame: bytes) -> None:
+        if self._closed:
+            return
+        transport = self._transport
+        assert transport is not None
+        if (
+            self._conn.state is WsState.OPEN
+            and transport.get_write_buffer_size() + self._out_bytes
+            > self._state.limits.max_outbound_bytes
+        ):
+            # The frame that tipped it over is dropped along with the corked ones.
+            self._state.metrics.dropped_messages += 1
+            self._slow_consumer()
+            return
+        if self._out is None:
+            self._out = [frame]
+            self._out_bytes = len(frame)
+            self._state.corker.add(self)
+        else:
+            self._out.append(frame)
+            self._out_bytes += len(frame)
+
+    def flush(self) -> None:
+        """Write every corked frame in one system call (called by the Corker)."""
+        out = self._out
+        if out is None:
+            return
+        self._out = None
+        self._out_bytes = 0
+        transport = self._transport
+        if transport is None or self._closed or transport.is_closing():
+            return
+        if len(out) == 1:
+            transport.write(out[0])
+        else:
+            transport.writelines(out)
+
+    def _slow_consumer(self) -> None:
+        """Over the outbound cap: drop what is corked, say 1013, give it time to read."""
+        metrics = self._state.metrics
+        metrics.slow_consumers += 1
+        if self._out:
+            metrics.dropped_messages += len(self._out)
+            self._out = None  # still registered with the corker: flush() sees None
+            self._out_bytes = 0
+        log.warning(
+            "ws %d: slow consumer on %s from %s: closing with 1013",
+            self.id,
+            self.request.path,
+            self.remote,
+        )
+        # The close frame goes behind what the kernel already holds; the peer sees
+        # it if it ever reads again, and TCP is dropped after close_timeout if not.
+        self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer")
+
+    # -------------------------------------------------------- flow control
+    def _pause(self, reason: int) -> None:
+        if not self._paused and self._transport is not None:
+            self._transport.pause_reading()
+        self._paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if not self._paused & reason:
+            return
+        self._paused &= ~reason
+        if not self._paused and self._transport is not None and not self._closed:
+            self._transport.resume_reading()
+
+    # -------------------------------------------------- timers (one sweeper)
+    def _arm_heartbeat(self, now: float) -> None:
+        interval = self._state.config.heartbeat
+        if interval > 0:
+            self._set_deadline(now + interval)
+
+    def _set_deadline(self, when: float) -> None:
+        self.deadline = when
+        self._state.sweeper.schedule(self)
+
+    def on_deadline(self, now: float) -> None:
+        """Called by the sweeper: heartbeat, pong timeout, close timeout."""
+        if self._closed:
+            self.deadline = math.inf
+            return
+        transport = self._transport
+        assert transport is not None
+        conn_state = self._conn.state
+        if conn_state is not WsState.OPEN or transport.is_closing():
+            # The close timeout passed without the peer's close or a drained buffer.
+            log.debug("ws %d: close timeout, dropping TCP", self.id)
+            transport.abort()
+            return
+        config = self._state.config
+        if self._ping_payload is not None:
+            if now >= self._pong_deadline:
+                log.info("ws %d: pong not received in %.1fs", self.id, config.heartbeat_timeout)
+                self.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+            else:
+                self._set_deadline(self._pong_deadline)
+            return
+        idle_until = self._last_rx + config.heartbeat
+        if now < idle_until:
+            self._set_deadline(idle_until)  # traffic arrived: not idle yet
+            return
+        self._ping_payload = self.id.to_bytes(8, "big") + int(now * 1000).to_bytes(8, "big")
+        self._queue(self._conn.ping(self._ping_payload))
+        self._pong_deadline = now + config.heartbeat_timeout
+        self._set_deadline(self._pong_deadline)
+
+
+#: What endpoint handlers receive: the connection itself, through its public methods.
+WebSocket = WsProtocol
