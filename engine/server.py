@@ -14,7 +14,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 
 from protocol import CloseCode
@@ -22,9 +22,11 @@ from protocol import CloseCode
 from .app import HttpHandler, Routes, WebSocketEndpoint
 from .config import Config
 from .echo import EchoEndpoint
+from .fanout import fanout, prepare
 from .http_protocol import HttpProtocol
 from .metrics import Metrics
 from .state import ServerState
+from .ws_protocol import WsProtocol
 
 __all__ = ["Engine"]
 
@@ -65,6 +67,16 @@ class Engine:
     def websocket(self, path: str, endpoint: WebSocketEndpoint) -> None:
         """Accept WebSocket upgrades on ``path``, handled by ``endpoint``."""
         self.routes.add_websocket(path, endpoint)
+
+    def broadcast(self, data: str | bytes, targets: Iterable[WsProtocol] | None = None) -> int:
+        """Send one message to ``targets`` (default: every open WebSocket), encoded once.
+
+        Returns the number of connections it was queued to. Never waits for any of
+        them: slow ones are handled by the slow-consumer policy.
+        """
+        state = self.state
+        message = prepare(data, state.limits.compression_threshold)
+        return fanout(message, list(state.ws_connections) if targets is None else targets)
 
     # ------------------------------------------------------------ lifecycle
     @property

@@ -1,0 +1,40 @@
+"""Fan-out: deliver one message to many connections, encoded once, awaiting nobody.
+
+The frame is built once (``protocol.ws.OutboundMessage``); each recipient gets the
+same ``bytes`` object queued to its corked output, or the shared context-free
+compressed frame when it negotiated ``server_no_context_takeover``. A recipient that
+is closing or too slow is skipped (and handled by its own slow-consumer policy):
+the loop never waits on any of them (websockets' broadcast rule).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from protocol.ws import OutboundMessage
+
+from .ws_protocol import WsProtocol
+
+__all__ = ["fanout", "prepare"]
+
+
+def prepare(data: str | bytes, compression_threshold: int = 128) -> OutboundMessage:
+    """Build the message once; text for ``str``, binary for ``bytes``."""
+    if isinstance(data, str):
+        return OutboundMessage(
+            data.encode("utf-8"), text=True, compression_threshold=compression_threshold
+        )
+    return OutboundMessage(bytes(data), text=False, compression_threshold=compression_threshold)
+
+
+def fanout(
+    message: OutboundMessage,
+    targets: Iterable[WsProtocol],
+    exclude: WsProtocol | None = None,
+) -> int:
+    """Queue ``message`` to every target except ``exclude``; returns how many took it."""
+    delivered = 0
+    for ws in targets:
+        if ws is not exclude and ws.send_prepared(message):
+            delivered += 1
+    return delivered
