@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -62,7 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="engine",
         description="Linkd engine: HTTP and WebSocket gateway in front of service workers.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     d = Config()
     lim = Limits()
@@ -243,9 +243,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     configure_logging(config.log_level)
     loop_name = _install_uvloop()
-    import logging
-
-    logging.getLogger("linkd.server").info("linkd %s on %s", config.version, loop_name)
+    log = logging.getLogger("linkd.server")
+    log.info("linkd %s on %s", config.version, loop_name)
+    # Names fixed by the design; the features behind them land in later releases.
+    for flag, value in (
+        ("--service", config.services),
+        ("--redis", config.redis_url),
+        ("--jwt-secret", config.jwt_secret),
+        ("--jwt-public-key", config.jwt_public_key),
+        ("--jwks", config.jwks),
+    ):
+        if value:
+            log.warning("%s is not implemented in this version and is ignored", flag)
     try:
         asyncio.run(Engine(config).serve())
     except OSError as exc:

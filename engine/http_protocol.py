@@ -126,6 +126,11 @@ class HttpProtocol(asyncio.Protocol):
                 self._close()
                 return
             break  # NEED_DATA or PAUSED
+        if conn.state is HttpState.READING_BODY and self._transport is not None:
+            # RFC 9110 §10.1.1: the client waits for this before sending the body.
+            cont = conn.continue_bytes()
+            if cont:
+                self._transport.write(cont)
         self._track_state()
         if conn.state is HttpState.RESPONDING and not self._paused and self._transport:
             # A request is being answered: leave pipelined bytes in the kernel.
