@@ -120,6 +120,9 @@ class HttpProtocol(asyncio.Protocol):
                 self._fail(exc.status_hint if exc.status_hint in _ERROR_MESSAGES else 400)
                 return
             if isinstance(event, HttpRequest):
+                # Record RESPONDING before answering: a synchronous answer returns to
+                # IDLE within this call, and that change must still move the deadline.
+                self._track_state()
                 self._handle(event)
                 continue
             if isinstance(event, PeerEOF):

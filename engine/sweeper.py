@@ -77,24 +77,27 @@ class Sweeper:
         # Slot k holds deadlines in ((k-1)*res, k*res]: it is due once now >= k*res.
         current = math.floor(now / self._resolution)
         slots = self._slots
-        while self._next_slot <= current:
-            bucket = slots.pop(self._next_slot, None)
-            self._next_slot += 1
-            if not bucket:
-                continue
-            for item in bucket:
-                if item.deadline <= now:
-                    try:
-                        item.on_deadline(now)
-                    except Exception:  # one connection's bug must not stop every timer
-                        log.exception("deadline handler failed")
-                elif self._slot_of(item.deadline) < self._next_slot:
-                    # The deadline is in a slot we are passing right now (clock jitter).
-                    self.schedule(item)
-            if self._next_slot <= current and not slots:
-                self._next_slot = current + 1
-        if slots and not self._closed:
-            self._arm()
+        try:
+            while self._next_slot <= current:
+                bucket = slots.pop(self._next_slot, None)
+                self._next_slot += 1
+                if not bucket:
+                    continue
+                for item in bucket:
+                    deadline = item.deadline
+                    if deadline <= now:
+                        try:
+                            item.on_deadline(now)
+                        except Exception:  # one connection's bug must not stop every timer
+                            log.exception("deadline handler failed")
+                    elif deadline != math.inf and self._slot_of(deadline) < self._next_slot:
+                        # The deadline is in a slot we are passing right now (clock jitter).
+                        self.schedule(item)
+                if self._next_slot <= current and not slots:
+                    self._next_slot = current + 1
+        finally:
+            if slots and not self._closed and self._handle is None:
+                self._arm()
 
     def close(self) -> None:
         self._closed = True

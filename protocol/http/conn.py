@@ -166,6 +166,14 @@ class HttpConn:
                 return PeerEOF()
 
     def _start_request(self, event: h11.Request) -> None:
+        # h11 checks max_incomplete_event_size only while it waits for more bytes; a
+        # complete head that arrived in one read is measured here (a lower bound of
+        # its size on the wire: separators and line ends included, folding not).
+        head = len(event.method) + len(event.target) + 14
+        head += sum(len(k) + len(v) + 4 for k, v in event.headers)
+        if head > self._limits.max_header_bytes:
+            self._state = HttpState.CLOSING
+            raise RemoteProtocolError("request head too large", status_hint=431)
         length = None
         for name, value in event.headers:
             if name == b"content-length":
