@@ -159,6 +159,7 @@ class WsProtocol(asyncio.Protocol):
 
     async def drain(self) -> None:
         """Wait until the transport's write buffer is below its low-water mark."""
+        self.flush()  # corked frames count: hand them to the transport first
         if self._write_ready is None or self._closed:
             return
         await self._write_ready.wait()
@@ -426,7 +427,12 @@ class WsProtocol(asyncio.Protocol):
             return
         config = self._state.config
         if self._ping_payload is not None:
-            if now >= self._pong_deadline:
+            if self._paused:
+                # We stopped reading ourselves (handler backlog or our own write side
+                # is full): the pong may be sitting unread in the kernel. Not its fault.
+                self._pong_deadline = now + config.heartbeat_timeout
+                self._set_deadline(self._pong_deadline)
+            elif now >= self._pong_deadline:
                 log.info("ws %d: pong not received in %.1fs", self.id, config.heartbeat_timeout)
                 self.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
             else:

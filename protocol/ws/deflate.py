@@ -153,8 +153,8 @@ def _accept_offer(params: list[str], options: DeflateOptions) -> DeflateParams:
         response.append(f"server_max_window_bits={server_bits}")
     # §7.1.2.2: only answer client_max_window_bits when the client offered it.
     if "client_max_window_bits" in seen:
-        if client_bits < 9:
-            client_bits = 9  # an 8-bit window is inflated fine with 9 (RFC 7692 §7.1.2.2 note).
+        # §7.1.2.2: never answer more than offered. 8 is a legal answer; we inflate
+        # with at least 9 (zlib's minimum), which reads any smaller window too.
         response.append(f"client_max_window_bits={client_bits}")
     else:
         client_bits = 15
@@ -235,6 +235,9 @@ class InboundGuard(Extension):
         self.peak_inflate = 0
         self._in_message = False
         self._compressed = False
+        # wsproto also runs control frames through the payload hooks: they must pass
+        # untouched, even in the middle of a compressed fragmented message.
+        self._control = False
         self._inflater: zlib._Decompress | None = None
 
     # Always on: it carries the size limit for uncompressed messages too.
@@ -251,7 +254,8 @@ class InboundGuard(Extension):
         rsv: RsvBits,
         payload_length: int,
     ) -> CloseReason | RsvBits:
-        if opcode.iscontrol():
+        self._control = opcode.iscontrol()
+        if self._control:
             return CloseReason.PROTOCOL_ERROR if rsv.rsv1 else _NO_RSV
         if opcode is Opcode.CONTINUATION:
             # RFC 7692 §6.1: RSV1 only on the first frame of a message.
@@ -279,7 +283,7 @@ class InboundGuard(Extension):
     def _inflate(self, data: bytes) -> bytes | CloseReason:
         if self._inflater is None:
             assert self.params is not None
-            self._inflater = zlib.decompressobj(-self.params.client_max_window_bits)
+            self._inflater = zlib.decompressobj(-max(9, self.params.client_max_window_bits))
         budget = self.max_message_bytes - self.message_bytes
         # Ask for one byte more than the budget: getting it proves the message is too big.
         limit = min(budget + 1, self.inflate_chunk_bytes)
@@ -310,14 +314,14 @@ class InboundGuard(Extension):
     def frame_inbound_payload_data(
         self, proto: FrameDecoder | FrameProtocol, data: bytes
     ) -> bytes | CloseReason:
-        if not self._compressed or not self._in_message:
+        if self._control or not self._compressed or not self._in_message:
             return data
         return self._inflate(data)
 
     def frame_inbound_complete(
         self, proto: FrameDecoder | FrameProtocol, fin: bool
     ) -> bytes | CloseReason | None:
-        if not fin or not self._in_message:
+        if self._control or not fin or not self._in_message:
             return None
         self._in_message = False
         if not self._compressed:

@@ -1,0 +1,148 @@
+"""Fan-out: one broadcast, encoded once, decoded by every kind of client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import zlib
+from collections.abc import AsyncIterator, Sized
+
+import pytest
+import websockets
+
+from tests.helpers.raw_ws import Frame, RawWs
+from tests.helpers.server import running_engine
+
+pytestmark = pytest.mark.asyncio
+
+TAIL = b"\x00\x00\xff\xff"
+MESSAGE = "".join(f"event {i}: price=10{i % 7}.25 qty={i * 3}\n" for i in range(60))
+
+
+def inflate_fresh(frame: Frame, window_bits: int = 15) -> bytes:
+    return zlib.decompressobj(-window_bits).decompress(frame.payload + TAIL)
+
+
+@contextlib.asynccontextmanager
+async def raw_clients(port: int, n: int, extensions: str | None) -> AsyncIterator[list[RawWs]]:
+    clients = [RawWs(port, extensions=extensions) for _ in range(n)]
+    try:
+        await asyncio.gather(*(c.connect() for c in clients))
+        yield clients
+    finally:
+        for client in clients:
+            client.writer.close()
+
+
+async def wait_connections(engine_conns: Sized, n: int) -> None:
+    async with asyncio.timeout(2.0):
+        while len(engine_conns) < n:  # noqa: ASYNC110 - engine state, no event to wait on
+            await asyncio.sleep(0.005)
+
+
+async def test_broadcast_to_50_deflate_clients_shares_one_frame() -> None:
+    async with running_engine() as engine:
+        port = engine.port
+        async with (
+            raw_clients(port, 50, "permessage-deflate") as deflated,
+            raw_clients(port, 3, "permessage-deflate; server_max_window_bits=10") as small,
+            raw_clients(port, 3, None) as plain,
+            websockets.connect(f"ws://127.0.0.1:{port}/echo", compression="deflate") as real,
+        ):
+            for client in deflated:
+                ext = client.response_headers["sec-websocket-extensions"]
+                assert "server_no_context_takeover" in ext
+            await wait_connections(engine.state.ws_connections, 57)
+            for _ in range(3):
+                assert engine.broadcast(MESSAGE) == 57
+            expected = MESSAGE.encode()
+
+            frames = [[await c.recv_frame() for _ in range(3)] for c in deflated]
+            first = frames[0][0]
+            assert first.rsv1 and first.opcode == 0x1 and first.fin
+            assert len(first.payload) < len(expected)
+            for per_client in frames:
+                for frame in per_client:
+                    # Byte-identical for everybody with equal parameters, every time.
+                    assert frame == first
+                    assert inflate_fresh(frame) == expected
+
+            for client in small:
+                for _ in range(3):
+                    frame = await client.recv_frame()
+                    assert frame.rsv1
+                    assert inflate_fresh(frame, 10) == expected
+
+            for client in plain:
+                for _ in range(3):
+                    frame = await client.recv_frame()
+                    assert not frame.rsv1 and frame.payload == expected
+
+            for _ in range(3):
+                assert await asyncio.wait_for(real.recv(), 2.0) == MESSAGE
+        assert engine.metrics.ws_messages_out == 3 * 57
+
+
+async def test_broadcast_with_server_context_takeover() -> None:
+    async with running_engine(deflate={"server_no_context_takeover": False}) as engine:
+        port = engine.port
+        async with (
+            raw_clients(port, 2, "permessage-deflate") as keeping,
+            raw_clients(port, 2, "permessage-deflate; server_no_context_takeover") as resetting,
+            websockets.connect(f"ws://127.0.0.1:{port}/echo", compression="deflate") as real,
+        ):
+            for client in keeping:
+                ext = client.response_headers["sec-websocket-extensions"]
+                assert "server_no_context_takeover" not in ext
+            await wait_connections(engine.state.ws_connections, 5)
+            for _ in range(3):
+                assert engine.broadcast(MESSAGE) == 5
+            expected = MESSAGE.encode()
+
+            for client in keeping:
+                inflater = zlib.decompressobj(-15)  # one context for the whole connection
+                sizes = []
+                for _ in range(3):
+                    frame = await client.recv_frame()
+                    assert frame.rsv1
+                    assert inflater.decompress(frame.payload + TAIL) == expected
+                    sizes.append(len(frame.payload))
+                # Context takeover is really used: repeats refer back to the first copy.
+                assert sizes[1] < sizes[0] // 2
+
+            shared = None
+            for client in resetting:
+                for _ in range(3):
+                    frame = await client.recv_frame()
+                    assert inflate_fresh(frame) == expected
+                    shared = shared or frame
+                    assert frame == shared
+
+            for _ in range(3):
+                assert await asyncio.wait_for(real.recv(), 2.0) == MESSAGE
+
+
+async def test_broadcast_binary_and_small_messages() -> None:
+    async with (
+        running_engine() as engine,
+        raw_clients(engine.port, 5, "permessage-deflate") as clients,
+    ):
+        await wait_connections(engine.state.ws_connections, 5)
+        engine.broadcast(b"\x00\x01tiny")
+        engine.broadcast(bytes(4096))
+        for client in clients:
+            tiny = await client.recv_frame()
+            assert tiny.opcode == 0x2 and not tiny.rsv1 and tiny.payload == b"\x00\x01tiny"
+            big = await client.recv_frame()
+            assert big.opcode == 0x2 and big.rsv1 and inflate_fresh(big) == bytes(4096)
+
+
+async def test_broadcast_skips_closing_connections() -> None:
+    async with running_engine() as engine, raw_clients(engine.port, 3, None) as clients:
+        await wait_connections(engine.state.ws_connections, 3)
+        clients[0].send_frame(0x8, b"\x03\xe8")
+        assert await clients[0].recv_close_code() == 1000
+        await clients[0].expect_disconnect()
+        assert engine.broadcast("after") == 2
+        for client in clients[1:]:
+            assert (await client.recv_frame()).payload == b"after"
