@@ -41,7 +41,13 @@ class _Parser(argparse.ArgumentParser):
                 elif kwargs.get("action") == "store_true":
                     default = raw.lower() in ("1", "true", "yes", "on")
                 else:
-                    default = kwargs.get("type", str)(raw)
+                    try:
+                        default = kwargs.get("type", str)(raw)
+                    except (ValueError, argparse.ArgumentTypeError):
+                        self.error(f"{name}={raw!r} is not a valid value for {flag}")
+                    choices = kwargs.get("choices")
+                    if choices is not None and default not in choices:
+                        self.error(f"{name}={raw!r}: choose from {', '.join(choices)}")
                 break
         shown = "none" if default is None else default
         if kwargs.get("action") == "store_true":

@@ -10,8 +10,11 @@ given ``close_timeout`` to read it before TCP is dropped, so memory stays bounde
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import socket
+import struct
 from collections import deque
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, cast
@@ -198,6 +201,7 @@ class WsProtocol(asyncio.Protocol):
         self._closed = True
         self.deadline = math.inf
         self._out = None
+        self._conn.release()
         self._state.ws_connections.discard(self)
         self._state.metrics.ws_open -= 1
         self._state.check_idle()
@@ -423,7 +427,7 @@ class WsProtocol(asyncio.Protocol):
         if conn_state is not WsState.OPEN or transport.is_closing():
             # The close timeout passed without the peer's close or a drained buffer.
             log.debug("ws %d: close timeout, dropping TCP", self.id)
-            transport.abort()
+            _reset(transport)
             return
         config = self._state.config
         if self._ping_payload is not None:
@@ -446,6 +450,15 @@ class WsProtocol(asyncio.Protocol):
         self._queue(self._conn.ping(self._ping_payload))
         self._pong_deadline = now + config.heartbeat_timeout
         self._set_deadline(self._pong_deadline)
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """Abort with SO_LINGER 0: the kernel discards what the peer never read (RST)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 #: What endpoint handlers receive: the connection itself, through its public methods.

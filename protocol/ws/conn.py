@@ -111,6 +111,13 @@ class WsConn:
         """The largest number of bytes one inflate step produced (for bomb tests)."""
         return self._guard.peak_inflate
 
+    def release(self) -> None:
+        """Drop buffers and the inflater once the connection is gone."""
+        self._guard.release()
+        self._parts = []
+        self._outgoing = []
+        self._state = WsState.CLOSED
+
     # ---------------------------------------------------------------- inbound
     def receive_data(self, data: bytes | None) -> None:
         """Feed bytes from the socket; ``None`` means the peer closed TCP (EOF)."""

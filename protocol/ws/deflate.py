@@ -295,6 +295,8 @@ class InboundGuard(Extension):
                 out += chunk
                 self.message_bytes += len(chunk)
                 if self.message_bytes > self.max_message_bytes:
+                    # Drop the inflater now: it still holds the rest of the bomb's input.
+                    self._inflater = None
                     return CloseReason.MESSAGE_TOO_BIG
                 data = self._inflater.unconsumed_tail
                 if not data:
@@ -303,13 +305,19 @@ class InboundGuard(Extension):
                     self.max_message_bytes - self.message_bytes + 1, self.inflate_chunk_bytes
                 )
         except zlib.error:
+            self._inflater = None
             return CloseReason.INVALID_FRAME_PAYLOAD_DATA
         if self._inflater.eof:
             # A BFINAL block ends the stream; anything after it cannot be inflated.
             if self._inflater.unused_data:
+                self._inflater = None
                 return CloseReason.INVALID_FRAME_PAYLOAD_DATA
             self._inflater = None
         return bytes(out)
+
+    def release(self) -> None:
+        """Free the inflater (the connection is gone; its timer entry may linger)."""
+        self._inflater = None
 
     def frame_inbound_payload_data(
         self, proto: FrameDecoder | FrameProtocol, data: bytes

@@ -1,0 +1,1 @@
+"""Small runnable apps that embed ``engine.Engine``, started as processes by the tests."""
