@@ -1,0 +1,279 @@
+"""IPC messages (docs/ipc.md §4): one frozen dataclass per type.
+
+The CBOR map of a message is ``{"t": TYPE, <field>: <value>...}`` with the dataclass
+field names as keys; ``codec.py`` derives validation from the annotations here, so
+this file is the schema. Fields with a default may be omitted on the wire.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Close",
+    "Connect",
+    "Disconnect",
+    "Drain",
+    "Emit",
+    "ErrorInfo",
+    "Hello",
+    "HttpRequest",
+    "HttpRoute",
+    "Join",
+    "Leave",
+    "Message",
+    "Ping",
+    "Pong",
+    "Query",
+    "Registration",
+    "Reject",
+    "Reply",
+    "Result",
+    "Welcome",
+    "WsRoute",
+]
+
+#: The version this implementation speaks (docs/ipc.md §1).
+PROTOCOL_VERSION = 1
+
+Headers = list[tuple[str, str]]
+
+
+# --------------------------------------------------------------- registration
+@dataclass(frozen=True, slots=True)
+class HttpRoute:
+    """One HTTP action: ``GET /chat/rooms/:id`` → action ``get-room``."""
+
+    action: str
+    method: str
+    path: str
+    #: "required", "optional" or "none".
+    auth: str = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class WsRoute:
+    """The service's WebSocket endpoint and the message types it handles."""
+
+    path: str
+    #: Exact message types (``chat.send``).
+    types: list[str] = field(default_factory=list)
+    #: Type prefixes handled by a group (``chat.`` covers ``chat.anything``).
+    prefixes: list[str] = field(default_factory=list)
+    #: A catch-all handler takes every other type.
+    catch_all: bool = False
+    #: "required", "optional" or "none".
+    auth: str = "none"
+    #: Whether the service wants connect / disconnect events.
+    on_connect: bool = False
+    on_disconnect: bool = False
+    #: Whether binary messages are accepted (else the connection is closed with 1003).
+    binary: bool = False
+    #: Messages of one connection handled concurrently (1 = strictly in order).
+    per_connection: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    name: str
+    version: str = "0.0.0"
+    http: list[HttpRoute] = field(default_factory=list)
+    ws: WsRoute | None = None
+    #: Requests this worker accepts at once; the engine queues beyond it.
+    concurrency: int = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """An error in the shared shape; ``code`` is a ``protocol.ErrorCode`` value."""
+
+    code: str
+    message: str
+    #: JSON text with extra detail (e.g. the fields of a validation error).
+    details: bytes | None = None
+
+
+# -------------------------------------------------------------- handshake
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Worker → engine, first message: versions spoken and what the service offers."""
+
+    TYPE: ClassVar[str] = "hello"
+    versions: list[int]
+    service: Registration
+    pid: int = 0
+    max_frame: int = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """Engine → worker: registration accepted."""
+
+    TYPE: ClassVar[str] = "welcome"
+    version: int
+    worker: int
+    max_frame: int
+    #: The engine pings every ``heartbeat`` seconds; answer within the same time.
+    heartbeat: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """Engine → worker: registration refused; the engine closes the socket."""
+
+    TYPE: ClassVar[str] = "reject"
+    code: str
+    message: str
+
+
+# ------------------------------------------------------- engine → worker
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    TYPE: ClassVar[str] = "http"
+    id: int
+    action: str
+    method: str
+    path: str
+    params: dict[str, str] = field(default_factory=dict)
+    #: The raw query string, without ``?``.
+    query: str = ""
+    headers: Headers = field(default_factory=list)
+    body: bytes = b""
+    remote: str | None = None
+    #: The verified identity (``userId``, ``username``, ``roles``, ``claims``), or None.
+    auth: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """A WebSocket client connected to the service's path."""
+
+    TYPE: ClassVar[str] = "connect"
+    id: int
+    conn: int
+    path: str
+    query: str = ""
+    headers: Headers = field(default_factory=list)
+    remote: str | None = None
+    auth: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A client message ``{type, data, id}``; ``json`` is the client's text, untouched."""
+
+    TYPE: ClassVar[str] = "message"
+    id: int
+    conn: int
+    type: str
+    json: bytes
+    auth: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    """A connection closed (notification: no reply)."""
+
+    TYPE: ClassVar[str] = "disconnect"
+    conn: int
+    code: int
+    rooms: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """Engine → worker: the answer to a ``Query`` (``data`` is JSON text)."""
+
+    TYPE: ClassVar[str] = "result"
+    id: int
+    json: bytes | None = None
+    error: ErrorInfo | None = None
+
+
+# ------------------------------------------------------- worker → engine
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Worker → engine: the answer to request ``id``.
+
+    For a WebSocket message: ``json`` (the handler's return value as JSON text) or
+    ``error``. For HTTP: ``status`` plus ``json`` or ``body``, and ``headers``.
+    """
+
+    TYPE: ClassVar[str] = "reply"
+    id: int
+    json: bytes | None = None
+    error: ErrorInfo | None = None
+    status: int | None = None
+    headers: Headers = field(default_factory=list)
+    body: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    TYPE: ClassVar[str] = "join"
+    conn: int
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    TYPE: ClassVar[str] = "leave"
+    conn: int
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """Send ``payload`` (a complete JSON event, UTF-8) to exactly one kind of target."""
+
+    TYPE: ClassVar[str] = "emit"
+    payload: bytes
+    room: str | None = None
+    user: str | None = None
+    conn: int | None = None
+    everyone: bool = False
+    exclude: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    TYPE: ClassVar[str] = "close"
+    conn: int
+    code: int = 1000
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """Worker → engine: ask for state; answered by a ``Result`` with the same id.
+
+    ``what``: ``"rooms"`` (of ``conn``) or ``"members"`` (connection ids in ``room``).
+    """
+
+    TYPE: ClassVar[str] = "query"
+    id: int
+    what: str
+    conn: int | None = None
+    room: str | None = None
+
+
+# ----------------------------------------------------------- both ways
+@dataclass(frozen=True, slots=True)
+class Ping:
+    TYPE: ClassVar[str] = "ping"
+    n: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    TYPE: ClassVar[str] = "pong"
+    n: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """Either side: no new requests from now on; finish what is in flight."""
+
+    TYPE: ClassVar[str] = "drain"
