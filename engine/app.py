@@ -18,6 +18,8 @@ import orjson
 from protocol import ErrorCode
 from protocol.http import HttpRequest
 
+from .router import RouteConflict, Router
+
 if TYPE_CHECKING:
     from .ws_protocol import WebSocket
 
@@ -113,6 +115,10 @@ class WebSocketEndpoint:
     #: Accept binary messages; if False they are refused with close 1003.
     accept_binary: bool = True
 
+    def reject_upgrade(self, request: Request) -> Response | None:
+        """Refuse the upgrade with this response (401, 429...), or None to accept."""
+        return None
+
     def select_subprotocol(self, offered: Sequence[str]) -> str | None:
         """Pick one of the client's subprotocols, or None (the default)."""
         return None
@@ -132,22 +138,16 @@ def is_async(func: Callable[..., Any]) -> bool:
 
 
 class Routes:
-    """Exact-path tables of HTTP handlers and WebSocket endpoints."""
+    """HTTP routes (with ``:name`` parameters) and WebSocket endpoints (exact paths)."""
 
     def __init__(self) -> None:
-        self.http: dict[tuple[str, str], HttpHandler] = {}
+        self.http: Router[HttpHandler] = Router()
         self.websocket: dict[str, WebSocketEndpoint] = {}
 
     def add_http(self, method: str, path: str, handler: HttpHandler) -> None:
-        key = (method.upper(), path)
-        if key in self.http:
-            raise ValueError(f"{method} {path} is already routed")
-        self.http[key] = handler
+        self.http.add(method, path, handler)
 
     def add_websocket(self, path: str, endpoint: WebSocketEndpoint) -> None:
         if path in self.websocket:
-            raise ValueError(f"WebSocket path {path} is already mounted")
+            raise RouteConflict(f"WebSocket path {path} is already mounted")
         self.websocket[path] = endpoint
-
-    def methods_for(self, path: str) -> list[str]:
-        return sorted(m for (m, p) in self.http if p == path)

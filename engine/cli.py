@@ -73,7 +73,38 @@ def build_parser() -> argparse.ArgumentParser:
     d = Config()
     lim = Limits()
     p.add("--listen", default=":3000", help="HOST:PORT or :PORT to accept clients on")
-    p.add("--ipc", default=d.ipc_path, help="Unix socket path for service workers")
+    p.add("--ipc", default="/tmp/linkd.sock", help="Unix socket path for service workers")
+    p.add(
+        "--ipc-mode",
+        type=lambda v: int(v, 8),
+        default=d.ipc_mode,
+        metavar="OCTAL",
+        help="permissions of the IPC socket file (0600: only this user)",
+    )
+    p.add(
+        "--request-timeout",
+        type=float,
+        default=d.request_timeout,
+        help="seconds a service has to answer a request (504/TIMEOUT after)",
+    )
+    p.add(
+        "--worker-concurrency",
+        type=int,
+        default=d.worker_concurrency,
+        help="most requests in flight per worker (it may ask for fewer)",
+    )
+    p.add(
+        "--service-queue",
+        type=int,
+        default=d.service_queue,
+        help="requests waiting for a free worker, per service (503/OVERLOADED beyond)",
+    )
+    p.add(
+        "--ipc-heartbeat",
+        type=float,
+        default=d.ipc_heartbeat,
+        help="seconds between pings to workers; a silent worker is dropped",
+    )
     p.add(
         "--echo",
         action="append",
@@ -209,7 +240,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config(
         host=host,
         port=port,
-        ipc_path=args.ipc,
+        ipc_path=args.ipc or None,
+        ipc_mode=args.ipc_mode,
+        request_timeout=args.request_timeout,
+        worker_concurrency=args.worker_concurrency,
+        service_queue=args.service_queue,
+        ipc_heartbeat=args.ipc_heartbeat,
         echo_paths=tuple(args.echo or ()),
         services=tuple(args.service or ()),
         workers=args.workers,
@@ -253,7 +289,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("linkd %s on %s", config.version, loop_name)
     # Names fixed by the design; the features behind them land in later releases.
     for flag, value in (
-        ("--service", config.services),
         ("--redis", config.redis_url),
         ("--jwt-secret", config.jwt_secret),
         ("--jwt-public-key", config.jwt_public_key),
@@ -263,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.warning("%s is not implemented in this version and is ignored", flag)
     try:
         asyncio.run(Engine(config).serve())
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         print(f"engine: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -29,9 +29,20 @@ class Config:
 
     host: str = "0.0.0.0"
     port: int = 3000
-    #: Unix socket where service workers connect (used by the IPC layer).
-    ipc_path: str = "/tmp/linkd.sock"
+    #: Unix socket where service workers connect; None: no IPC (embedding default).
+    ipc_path: str | None = None
+    #: Permissions of the socket file: only the engine's user may connect.
     ipc_mode: int = 0o600
+    #: Largest IPC frame accepted from a worker (docs/ipc.md §2).
+    ipc_max_frame: int = 8 * 1024 * 1024
+    #: Ping workers this often; one that has not answered a heartbeat later is dropped.
+    ipc_heartbeat: float = 5.0
+    #: A service request unanswered this long fails with TIMEOUT (HTTP 504).
+    request_timeout: float = 30.0
+    #: Upper bound of requests in flight per worker (the worker may ask for fewer).
+    worker_concurrency: int = 256
+    #: Requests waiting for a free worker, per service; beyond it OVERLOADED (503).
+    service_queue: int = 1024
     #: Paths that mount the built-in WebSocket echo endpoint.
     echo_paths: tuple[str, ...] = ()
     services: tuple[str, ...] = ()

@@ -28,6 +28,7 @@ from protocol.http import (
 from protocol.ws import WsConn
 
 from .app import Request, Response, error_body
+from .router import MethodNotAllowed
 from .state import ServerState
 from .ws_protocol import WsProtocol
 
@@ -191,19 +192,18 @@ class HttpProtocol(asyncio.Protocol):
                 ),
             )
             return
-        method = "GET" if request.method == "HEAD" else request.method
-        handler = routes.http.get((method, request.path))
-        if handler is None:
-            allowed = routes.methods_for(request.path)
-            if allowed:
+        found = routes.http.match(request.method, request.path)
+        if not isinstance(found, tuple):
+            if isinstance(found, MethodNotAllowed):
                 resp = Response.error(ErrorCode.METHOD_NOT_ALLOWED, "method not allowed")
-                resp.headers.append(("allow", ", ".join(allowed)))
+                resp.headers.append(("allow", ", ".join(found.allowed)))
             else:
                 resp = Response.error(ErrorCode.NOT_FOUND, f"no route for {request.path}")
             self._respond(request, resp)
             return
+        handler, params = found
         try:
-            result = handler(Request(request, self.remote))
+            result = handler(Request(request, self.remote, params))
         except Exception:
             log.exception("handler for %s %s failed", request.method, request.path)
             self._respond(request, Response.error(ErrorCode.INTERNAL, "internal error"))
@@ -259,6 +259,10 @@ class HttpProtocol(asyncio.Protocol):
         if endpoint is None:
             # DESIGN §2: unknown path → 404 before the upgrade, never 101 then close.
             self._respond(request, Response.error(ErrorCode.NOT_FOUND, "no WebSocket endpoint"))
+            return
+        refusal = endpoint.reject_upgrade(Request(request, self.remote))
+        if refusal is not None:
+            self._respond(request, refusal)
             return
         deflate = state.config.deflate if state.config.deflate.enabled else None
         outcome = validate_upgrade(request, deflate, endpoint.select_subprotocol)

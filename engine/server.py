@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -24,8 +25,12 @@ from .config import Config
 from .echo import EchoEndpoint
 from .fanout import fanout, prepare
 from .http_protocol import HttpProtocol
+from .ipc_server import start_ipc_server
 from .metrics import Metrics
+from .services import mount_service
 from .state import ServerState
+from .supervisor import Supervisor
+from .workers import Registry
 from .ws_protocol import WsProtocol
 
 __all__ = ["Engine"]
@@ -45,6 +50,8 @@ class Engine:
         self.routes = Routes()
         self.metrics = Metrics()
         self._server: asyncio.Server | None = None
+        self._ipc_server: asyncio.Server | None = None
+        self._supervisor: Supervisor | None = None
         self._state: ServerState | None = None
         self._stopped: asyncio.Event | None = None
         for path in self.config.echo_paths:
@@ -99,6 +106,21 @@ class Engine:
         loop = asyncio.get_running_loop()
         self._state = state = ServerState(self.config, self.routes, loop, self.metrics)
         self._stopped = asyncio.Event()
+        config = self.config
+        state.registry = Registry(
+            state,
+            lambda entry: mount_service(state, entry),
+            request_timeout=config.request_timeout,
+            worker_concurrency=config.worker_concurrency,
+            max_queue=config.service_queue,
+            heartbeat=config.ipc_heartbeat,
+        )
+        if config.ipc_path:
+            self._ipc_server = await start_ipc_server(
+                state, state.registry, config.ipc_path, config.ipc_mode, config.ipc_max_frame
+            )
+        elif config.services:
+            raise ValueError("--service needs an IPC socket (--ipc)")
         self._server = await loop.create_server(
             lambda: HttpProtocol(state),
             self.config.host,
@@ -112,6 +134,11 @@ class Engine:
             self.port,
             ", ".join(sorted(self.routes.websocket)) or "none",
         )
+        if config.services and config.ipc_path:
+            self._supervisor = Supervisor(
+                config.services, config.workers, config.ipc_path, config.shutdown_grace
+            )
+            self._supervisor.start()
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, close WebSockets with 1001, finish HTTP, within ``grace``."""
@@ -141,6 +168,19 @@ class Engine:
             await asyncio.gather(*state.tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        if self._supervisor is not None:
+            await self._supervisor.stop()
+            self._supervisor = None
+        if self._ipc_server is not None:
+            self._ipc_server.close()
+            for worker in list(state.registry.workers.values()):
+                worker.proto.abort()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._ipc_server.wait_closed(), 1.0)
+            self._ipc_server = None
+            if self.config.ipc_path:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.config.ipc_path)
         state.sweeper.close()
         self._server = None
         log.info("stopped in %.2fs", time.monotonic() - started)

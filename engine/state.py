@@ -9,11 +9,13 @@ from protocol.ws import SharedDeflater
 
 from .app import Routes
 from .config import Config
+from .hub import Hub
 from .metrics import Metrics
 from .sweeper import Sweeper
 
 if TYPE_CHECKING:
     from .http_protocol import HttpProtocol
+    from .workers import Registry
     from .ws_protocol import WsProtocol
 
 __all__ = ["Corker", "ServerState"]
@@ -61,6 +63,9 @@ class ServerState:
         self.metrics = metrics
         self.sweeper = Sweeper(loop, config.timer_resolution)
         self.corker = Corker(loop)
+        self.hub = Hub()
+        #: Services and workers (set by Engine.start).
+        self.registry: Registry
         self.http_connections: set[HttpProtocol] = set()
         self.ws_connections: set[WsProtocol] = set()
         self.tasks: set[asyncio.Task[None]] = set()

@@ -17,7 +17,7 @@ import socket
 import struct
 from collections import deque
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from protocol import CloseCode
 from protocol.http import HttpRequest
@@ -67,11 +67,15 @@ class WsProtocol(asyncio.Protocol):
         "_state",
         "_transport",
         "_write_ready",
+        "auth",
         "deadline",
         "id",
+        "left_rooms",
         "remote",
         "request",
+        "rooms",
         "subprotocol",
+        "user_id",
     )
 
     def __init__(
@@ -93,6 +97,13 @@ class WsProtocol(asyncio.Protocol):
         self.request = request
         self.remote = remote
         self.subprotocol = subprotocol
+        #: The verified identity (``userId``, ``username``, ``roles``, ``claims``) or None.
+        self.auth: dict[str, Any] | None = None
+        self.user_id: str | None = None
+        #: Rooms this connection is in (owned by the Hub; None until the first join).
+        self.rooms: set[str] | None = None
+        #: The rooms it was in when it closed (for on_disconnect).
+        self.left_rooms: list[str] = []
         self.deadline = math.inf
         self._out: list[bytes] | None = None
         self._out_bytes = 0
@@ -175,6 +186,7 @@ class WsProtocol(asyncio.Protocol):
         limits = self._state.limits
         transport.set_write_buffer_limits(limits.write_high_water, limits.write_low_water)
         self._state.ws_connections.add(self)
+        self._state.hub.add(self)
         self._state.metrics.ws_open += 1
         self._last_rx = self._state.loop.time()
         self._arm_heartbeat(self._last_rx)
@@ -203,6 +215,7 @@ class WsProtocol(asyncio.Protocol):
         self._out = None
         self._conn.release()
         self._state.ws_connections.discard(self)
+        self.left_rooms = self._state.hub.remove(self)
         self._state.metrics.ws_open -= 1
         self._state.check_idle()
         code = self._received_close or self._close_code or CloseCode.ABNORMAL

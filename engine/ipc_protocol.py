@@ -1,0 +1,204 @@
+"""IpcProtocol: one connected worker; pumps an ``IpcConn`` and applies its commands.
+
+Messages are handled in the order they arrive, synchronously, so a worker's join /
+emit / close take effect before the reply that follows them is even looked at
+(docs/ipc.md §4.3). A protocol violation disconnects this worker only, with the
+reason logged; its calls in flight fail with SERVICE_UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import TYPE_CHECKING, Any, cast
+
+import orjson
+
+from protocol import LocalProtocolError
+from protocol.ipc import IpcConn, IpcError, IpcProtocolError, Role
+from protocol.ipc import messages as m
+from protocol.ws import OutboundMessage
+
+if TYPE_CHECKING:
+    from .state import ServerState
+    from .workers import Registry, Worker
+
+__all__ = ["IpcProtocol"]
+
+log = logging.getLogger("linkd.ipc")
+
+# Close codes a worker may ask for (RFC 6455 §7.4: 1000-1003, 1007-1014, 3000-4999).
+_SENDABLE = {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
+
+
+class IpcProtocol(asyncio.Protocol):
+    __slots__ = (
+        "_conn",
+        "_ping_n",
+        "_pong_due",
+        "_registry",
+        "_state",
+        "_transport",
+        "deadline",
+        "worker",
+    )
+
+    def __init__(self, state: ServerState, registry: Registry, max_frame: int) -> None:
+        self._state = state
+        self._registry = registry
+        self._conn = IpcConn(Role.ENGINE, max_frame)
+        self._transport: asyncio.Transport | None = None
+        self.worker: Worker = registry.new_worker(self)
+        self.deadline = math.inf
+        self._ping_n = 0
+        self._pong_due = math.inf
+
+    @property
+    def max_frame(self) -> int:
+        return self._conn.max_frame
+
+    # ------------------------------------------------------ asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        # The hello must come quickly; the same budget as an HTTP request head.
+        self._set_deadline(self._state.loop.time() + self._state.config.header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        conn = self._conn
+        conn.receive_data(data)
+        while self._transport is not None:
+            try:
+                msg = conn.next_message()
+                if msg is None:
+                    return
+                self._dispatch(msg)
+            except IpcProtocolError as exc:
+                self._drop(f"protocol error {exc.reason.value}: {exc.detail}")
+                return
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is None:
+            return
+        self._transport = None
+        self.deadline = math.inf
+        self._conn.close()
+        self._registry.remove(self.worker, "disconnected")
+
+    # -------------------------------------------------------------- sending
+    def send(self, msg: Any) -> None:
+        """Frame and write one message; raises LocalProtocolError if it may not go."""
+        if self._transport is None:
+            raise LocalProtocolError("worker disconnected")
+        self._transport.write(self._conn.send(msg))
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    def expire(self, request_id: int) -> None:
+        self._conn.expire(request_id)
+
+    def _drop(self, reason: str) -> None:
+        log.warning(
+            "worker %d (pid %d): disconnecting: %s", self.worker.id, self.worker.pid, reason
+        )
+        transport = self._transport
+        self._registry.remove(self.worker, reason)
+        if transport is not None:
+            transport.abort()
+
+    # ------------------------------------------------------------- dispatch
+    def _dispatch(self, msg: Any) -> None:
+        hub = self._state.hub
+        if isinstance(msg, m.Reply):
+            self.worker.on_reply(msg)
+        elif isinstance(msg, m.Emit):
+            try:
+                msg.payload.decode("utf-8")
+            except UnicodeDecodeError:
+                raise IpcProtocolError(IpcError.BAD_FIELD, "emit.payload is not UTF-8") from None
+            targets = (msg.room, msg.user, msg.conn)
+            if sum(t is not None for t in targets) + msg.everyone != 1:
+                raise IpcProtocolError(IpcError.BAD_FIELD, "emit needs exactly one target")
+            message = OutboundMessage(
+                msg.payload,
+                text=True,
+                compression_threshold=self._state.limits.compression_threshold,
+            )
+            hub.emit(
+                message,
+                room=msg.room,
+                user=msg.user,
+                conn=msg.conn,
+                everyone=msg.everyone,
+                exclude=msg.exclude,
+            )
+        elif isinstance(msg, m.Join):
+            ws = hub.by_id.get(msg.conn)
+            if ws is not None:
+                hub.join(ws, msg.room)
+        elif isinstance(msg, m.Leave):
+            ws = hub.by_id.get(msg.conn)
+            if ws is not None:
+                hub.leave(ws, msg.room)
+        elif isinstance(msg, m.Close):
+            ws = hub.by_id.get(msg.conn)
+            code = msg.code
+            if not (code in _SENDABLE or 3000 <= code <= 4999):
+                raise IpcProtocolError(IpcError.BAD_FIELD, f"close code {code} cannot be sent")
+            if ws is not None:
+                ws.close(code, msg.reason)
+        elif isinstance(msg, m.Query):
+            self.send(self._answer(msg))
+        elif isinstance(msg, m.Ping):
+            self.send(m.Pong(msg.n))
+        elif isinstance(msg, m.Pong):
+            if msg.n == self._ping_n:
+                self._pong_due = math.inf
+        elif isinstance(msg, m.Drain):
+            self._registry.drain(self.worker)
+        elif isinstance(msg, m.Hello):
+            answer = self._registry.register(self.worker, msg)
+            self.send(answer)
+            if isinstance(answer, m.Reject):
+                log.warning("worker rejected: %s %s", answer.code, answer.message)
+                if self._transport is not None:
+                    self._transport.close()
+                return
+            self._set_deadline(self._state.loop.time() + self._registry.heartbeat)
+
+    def _answer(self, query: m.Query) -> m.Result:
+        hub = self._state.hub
+        if query.what == "rooms" and query.conn is not None:
+            ws = hub.by_id.get(query.conn)
+            rooms = hub.rooms_of(ws) if ws is not None else []
+            return m.Result(query.id, json=orjson.dumps(rooms))
+        if query.what == "members" and query.room is not None:
+            return m.Result(query.id, json=orjson.dumps(hub.members(query.room)))
+        return m.Result(
+            query.id,
+            error=m.ErrorInfo("BAD_REQUEST", f"cannot answer query {query.what!r}"),
+        )
+
+    # ------------------------------------------------------------ heartbeat
+    def _set_deadline(self, when: float) -> None:
+        self.deadline = when
+        self._state.sweeper.schedule(self)
+
+    def on_deadline(self, now: float) -> None:
+        if self._transport is None:
+            return
+        if self.worker.entry is None:
+            self._drop("no hello in time")
+            return
+        if now >= self._pong_due:
+            self._drop("missed heartbeat")
+            return
+        self._ping_n += 1
+        self._pong_due = now + self._registry.heartbeat
+        try:
+            self.send(m.Ping(self._ping_n))
+        except LocalProtocolError:
+            return
+        self._set_deadline(now + self._registry.heartbeat)

@@ -1,0 +1,67 @@
+"""The Unix socket workers connect to: created private (0600), stale files replaced,
+a live engine on the same path never displaced."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+import stat
+
+from .ipc_protocol import IpcProtocol
+from .state import ServerState
+from .workers import Registry
+
+__all__ = ["IpcAddressInUse", "start_ipc_server"]
+
+log = logging.getLogger("linkd.ipc")
+
+
+class IpcAddressInUse(OSError):
+    """Another live process answers on the IPC socket path."""
+
+
+def _claim_path(path: str) -> None:
+    """Remove a stale socket file; refuse if something listens there or it is no socket."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise IpcAddressInUse(errno.EEXIST, f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        # Nobody listens: the file was left by an engine that died.
+        log.info("replacing stale IPC socket %s", path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    except OSError:
+        pass
+    finally:
+        probe.close()
+    raise IpcAddressInUse(errno.EADDRINUSE, f"another engine is already listening on {path}")
+
+
+async def start_ipc_server(
+    state: ServerState, registry: Registry, path: str, mode: int, max_frame: int
+) -> asyncio.Server:
+    _claim_path(path)
+    # Create the socket file with the final permissions: no window in which another
+    # user could connect between bind() and chmod().
+    old_umask = os.umask(0o777 & ~mode)
+    try:
+        server = await state.loop.create_unix_server(
+            lambda: IpcProtocol(state, registry, max_frame), path
+        )
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, mode)
+    log.info("workers connect on %s (mode %o)", path, mode)
+    return server

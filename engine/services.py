@@ -1,0 +1,286 @@
+"""Service routes: HTTP actions and WebSocket endpoints that forward to workers over IPC.
+
+The client contract (DESIGN §2) lives here: a client frame ``{type, data, id}`` is
+parsed once, routed by type (exact, group prefix, catch-all), forwarded as the
+client's own text, and the worker's reply becomes the ack ``{id, type, data}`` or
+``{id, type, error}``, built by concatenating JSON texts (nothing re-encoded).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from protocol import CloseCode, ErrorCode
+from protocol.ipc import messages as m
+from protocol.ws import OutboundMessage
+
+from .app import Request, Response, WebSocketEndpoint
+
+if TYPE_CHECKING:
+    from .state import ServerState
+    from .workers import ServiceEntry
+    from .ws_protocol import WebSocket
+
+from .workers import ServiceError
+
+__all__ = ["mount_service"]
+
+log = logging.getLogger("linkd.services")
+
+_KNOWN_CODES = {code.value: code for code in ErrorCode}
+
+
+def _error_from_reply(error: m.ErrorInfo) -> ServiceError:
+    code = _KNOWN_CODES.get(error.code, ErrorCode.INTERNAL)
+    message = "internal error" if code is ErrorCode.INTERNAL else error.message
+    return ServiceError(code, message, error.details)
+
+
+def _error_json(err: ServiceError) -> bytes:
+    body = b'{"code":' + orjson.dumps(err.code.value) + b',"message":' + orjson.dumps(err.message)
+    if err.details is not None:
+        body += b',"details":' + err.details
+    return body + b"}"
+
+
+def _auth_header(request: Request) -> str | None:
+    value = request.header("authorization")
+    return value if value and value.lower().startswith("bearer ") else None
+
+
+class ServiceHttpAction:
+    """``METHOD /path`` of a service → ``http`` request → ``reply`` → HTTP response."""
+
+    def __init__(self, entry: ServiceEntry, route: m.HttpRoute) -> None:
+        self.entry = entry
+        self.route = route
+
+    async def __call__(self, request: Request) -> Response:
+        if self.route.auth == "required":
+            # Token verification arrives with the auth release; until then a route
+            # that demands it is closed rather than open (security by default).
+            return Response.error(ErrorCode.UNAUTHORIZED, "authentication required")
+        http = request.http
+        remote = f"{request.remote[0]}:{request.remote[1]}" if request.remote else None
+
+        def make(request_id: int) -> m.HttpRequest:
+            return m.HttpRequest(
+                id=request_id,
+                action=self.route.action,
+                method=http.method,
+                path=http.path,
+                params=request.params,
+                query=http.query,
+                headers=list(http.headers),
+                body=http.body,
+                remote=remote,
+            )
+
+        try:
+            reply = await self.entry.call(make)
+            if reply.error is not None:
+                raise _error_from_reply(reply.error)
+        except ServiceError as err:
+            return Response(
+                err.code.status,
+                [("content-type", "application/json")],
+                b'{"error":' + _error_json(err) + b"}",
+            )
+        headers = list(reply.headers)
+        if reply.json is not None:
+            if not any(k.lower() == "content-type" for k, _ in headers):
+                headers.append(("content-type", "application/json"))
+            body = reply.json
+        else:
+            body = reply.body or b""
+        return Response(reply.status or 200, headers, body)
+
+
+class ServiceWsEndpoint(WebSocketEndpoint):
+    """The service's WebSocket path: connect, messages and disconnect go to its workers."""
+
+    def __init__(self, state: ServerState, entry: ServiceEntry, route: m.WsRoute) -> None:
+        self.state = state
+        self.entry = entry
+        self.route = route
+        self.types = frozenset(route.types)
+        self.prefixes = tuple(route.prefixes)
+        # Binary frames are not forwarded in protocol version 1: close 1003.
+        self.accept_binary = False
+        self._concurrent: dict[int, int] = {}
+
+    def reject_upgrade(self, request: Request) -> Response | None:
+        if self.route.auth == "required":
+            return Response.error(ErrorCode.UNAUTHORIZED, "authentication required")
+        return None
+
+    def handles(self, message_type: str) -> bool:
+        return (
+            message_type in self.types
+            or (bool(self.prefixes) and message_type.startswith(self.prefixes))
+            or self.route.catch_all
+        )
+
+    # -------------------------------------------------------------- connect
+    def on_connect(self, ws: WebSocket) -> Awaitable[None] | None:
+        if not self.route.on_connect:
+            return None
+        return self._connect(ws)
+
+    async def _connect(self, ws: WebSocket) -> None:
+        request = ws.request
+        remote = f"{ws.remote[0]}:{ws.remote[1]}" if ws.remote else None
+
+        def make(request_id: int) -> m.Connect:
+            return m.Connect(
+                id=request_id,
+                conn=ws.id,
+                path=request.path,
+                query=request.query,
+                headers=list(request.headers),
+                remote=remote,
+                auth=ws.auth,
+            )
+
+        try:
+            reply = await self.entry.call(make)
+            if reply.error is not None:
+                raise _error_from_reply(reply.error)
+        except ServiceError as err:
+            refused = err.code in (ErrorCode.UNAUTHORIZED, ErrorCode.FORBIDDEN)
+            code = CloseCode.POLICY_VIOLATION if refused else CloseCode.INTERNAL_ERROR
+            ws.close(code, err.message if refused else "service unavailable")
+
+    # -------------------------------------------------------------- message
+    def on_message(self, ws: WebSocket, data: str | bytes) -> Awaitable[None] | None:
+        assert isinstance(data, str)  # binary was refused with 1003 already
+        try:
+            envelope = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            self._error_event(ws, None, None, ErrorCode.BAD_REQUEST, "invalid JSON")
+            return None
+        if type(envelope) is not dict or type(envelope.get("type")) is not str:
+            self._error_event(
+                ws, None, None, ErrorCode.BAD_REQUEST, "a message needs a string 'type'"
+            )
+            return None
+        message_type: str = envelope["type"]
+        msg_id = envelope.get("id")
+        if msg_id is not None and type(msg_id) not in (str, int):
+            self._error_event(
+                ws, None, message_type, ErrorCode.BAD_REQUEST, "'id' must be a string or a number"
+            )
+            return None
+        if not self.handles(message_type):
+            self._error_event(
+                ws,
+                msg_id,
+                message_type,
+                ErrorCode.UNKNOWN_MESSAGE_TYPE,
+                f"unknown message type {message_type!r}",
+            )
+            return None
+        coro = self._forward(ws, data.encode(), message_type, msg_id)
+        limit = self.route.per_connection
+        if limit <= 1:
+            return coro  # awaited before the connection's next message: arrival order
+        running = self._concurrent.get(ws.id, 0)
+        self._concurrent[ws.id] = running + 1
+        if running + 1 < limit:
+            self.state.spawn(coro)
+            return None
+        return coro  # at the limit: the next message waits for this one
+
+    async def _forward(self, ws: WebSocket, raw: bytes, message_type: str, msg_id: Any) -> None:
+        try:
+
+            def make(request_id: int) -> m.Message:
+                return m.Message(
+                    id=request_id, conn=ws.id, type=message_type, json=raw, auth=ws.auth
+                )
+
+            try:
+                reply = await self.entry.call(make)
+                if reply.error is not None:
+                    raise _error_from_reply(reply.error)
+            except ServiceError as err:
+                self._error_event(ws, msg_id, message_type, err.code, err.message, err.details)
+                return
+            if msg_id is None:
+                return
+            frame = (
+                b'{"id":'
+                + orjson.dumps(msg_id)
+                + b',"type":'
+                + orjson.dumps(message_type)
+                + b',"data":'
+                + (reply.json if reply.json is not None else b"null")
+                + b"}"
+            )
+            self._send_text(ws, frame)
+        finally:
+            if self.route.per_connection > 1:
+                left = self._concurrent.get(ws.id, 1) - 1
+                if left:
+                    self._concurrent[ws.id] = left
+                else:
+                    self._concurrent.pop(ws.id, None)
+
+    def _error_event(
+        self,
+        ws: WebSocket,
+        msg_id: Any,
+        message_type: str | None,
+        code: ErrorCode,
+        message: str,
+        details: bytes | None = None,
+    ) -> None:
+        frame = b"{"
+        if msg_id is not None:
+            frame += b'"id":' + orjson.dumps(msg_id) + b","
+        frame += b'"type":' + orjson.dumps(message_type if message_type is not None else "error")
+        frame += b',"error":' + _error_json(ServiceError(code, message, details)) + b"}"
+        self._send_text(ws, frame)
+
+    def _send_text(self, ws: WebSocket, payload: bytes) -> None:
+        threshold = self.state.limits.compression_threshold
+        ws.send_prepared(OutboundMessage(payload, text=True, compression_threshold=threshold))
+
+    # ----------------------------------------------------------- disconnect
+    def on_disconnect(self, ws: WebSocket, code: int) -> None:
+        self._concurrent.pop(ws.id, None)
+        if self.route.on_disconnect:
+            self.entry.notify(m.Disconnect(conn=ws.id, code=code, rooms=ws.left_rooms))
+
+
+def mount_service(state: ServerState, entry: ServiceEntry) -> list[Callable[[], None]]:
+    """Mount a service's routes on the engine; returns the functions that unmount them.
+
+    Raises:
+        RouteConflict: a route or the WebSocket path is taken (nothing is mounted).
+    """
+    routes = state.routes
+    reg = entry.registration
+    undo: list[Callable[[], None]] = []
+    try:
+        for route in reg.http:
+            action = ServiceHttpAction(entry, route)
+            routes.http.add(route.method, route.path, action)
+            undo.append(lambda a=action: routes.http.remove_target(a))  # type: ignore[misc]
+        if reg.ws is not None:
+            routes.add_websocket(reg.ws.path, ServiceWsEndpoint(state, entry, reg.ws))
+            path = reg.ws.path
+
+            def unmount_ws() -> None:
+                routes.websocket.pop(path, None)
+
+            undo.append(unmount_ws)
+    except ValueError:
+        for fn in undo:
+            fn()
+        raise
+    return undo

@@ -1,0 +1,312 @@
+"""Worker registry: services, their workers, balancing, bounds, timeouts, failures.
+
+A request (HTTP action, WebSocket connect or message) becomes a ``Call``. It goes to
+the service's worker with the fewest calls in flight, if one is under its capacity;
+otherwise it waits in the service's bounded queue (full → OVERLOADED). Every call has
+one deadline on the engine's sweeper (→ TIMEOUT). A worker that goes away fails its
+calls in flight with SERVICE_UNAVAILABLE; queued calls wait for the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from protocol import ErrorCode, LocalProtocolError
+from protocol.ipc import messages as m
+
+if TYPE_CHECKING:
+    from .ipc_protocol import IpcProtocol
+    from .state import ServerState
+
+__all__ = ["Call", "Registry", "ServiceEntry", "ServiceError", "Worker"]
+
+log = logging.getLogger("linkd.workers")
+
+MakeRequest = Callable[[int], Any]
+
+
+class ServiceError(Exception):
+    """A call failed; ``code`` is what the client is told."""
+
+    def __init__(self, code: ErrorCode, message: str, details: bytes | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+class Call:
+    """One request to a service, from queueing to its reply (or failure)."""
+
+    __slots__ = ("deadline", "entry", "future", "id", "make", "worker")
+
+    def __init__(self, entry: ServiceEntry, make: MakeRequest, future: asyncio.Future[m.Reply]):
+        self.entry = entry
+        self.make = make
+        self.future = future
+        self.worker: Worker | None = None
+        self.id = 0
+        self.deadline = math.inf
+
+    def on_deadline(self, now: float) -> None:
+        if self.future.done():
+            self.deadline = math.inf
+            return
+        if self.worker is not None:
+            self.worker.expire(self)
+        else:
+            with contextlib.suppress(ValueError):
+                self.entry.queue.remove(self)
+        self.deadline = math.inf
+        self.future.set_exception(ServiceError(ErrorCode.TIMEOUT, "the service did not answer"))
+
+
+class Worker:
+    """The engine's view of one connected worker process."""
+
+    __slots__ = ("_next_id", "capacity", "draining", "entry", "id", "in_flight", "pid", "proto")
+
+    def __init__(self, worker_id: int, proto: IpcProtocol) -> None:
+        self.id = worker_id
+        self.proto = proto
+        self.entry: ServiceEntry | None = None
+        self.in_flight: dict[int, Call] = {}
+        self.capacity = 1
+        self.draining = False
+        self.pid = 0
+        self._next_id = 0
+
+    @property
+    def available(self) -> bool:
+        return not self.draining and len(self.in_flight) < self.capacity
+
+    def send_call(self, call: Call) -> None:
+        self._next_id += 1
+        call.id = self._next_id
+        call.worker = self
+        self.in_flight[call.id] = call
+        try:
+            self.proto.send(call.make(call.id))
+        except LocalProtocolError:
+            # Too big for the worker's max_frame (or the socket is closing).
+            del self.in_flight[call.id]
+            call.future.set_exception(
+                ServiceError(ErrorCode.BAD_REQUEST, "request too large for the service")
+            )
+
+    def on_reply(self, reply: m.Reply) -> None:
+        call = self.in_flight.pop(reply.id, None)
+        if call is None:
+            return  # timed out earlier: dropped (docs/ipc.md §5 rule 3)
+        call.deadline = math.inf
+        if not call.future.done():
+            call.future.set_result(reply)
+        if self.entry is not None:
+            self.entry.pump()
+
+    def expire(self, call: Call) -> None:
+        self.in_flight.pop(call.id, None)
+        self.proto.expire(call.id)
+        if self.entry is not None:
+            self.entry.pump()
+
+    def fail_all(self) -> None:
+        calls, self.in_flight = list(self.in_flight.values()), {}
+        for call in calls:
+            call.deadline = math.inf
+            if not call.future.done():
+                call.future.set_exception(
+                    ServiceError(ErrorCode.SERVICE_UNAVAILABLE, "the service worker went away")
+                )
+
+
+class ServiceEntry:
+    """A registered service: its routes, its workers, its queue."""
+
+    def __init__(self, registry: Registry, registration: m.Registration) -> None:
+        self.registry = registry
+        self.name = registration.name
+        self.registration = registration
+        self.workers: list[Worker] = []
+        self.queue: deque[Call] = deque()
+        self._rr = 0
+        #: Undo functions for the routes mounted for this registration.
+        self.unmount: list[Callable[[], None]] = []
+
+    def pick(self) -> Worker | None:
+        """The available worker with the fewest calls in flight (ties: round robin)."""
+        best: Worker | None = None
+        workers = self.workers
+        n = len(workers)
+        for i in range(n):
+            worker = workers[(self._rr + i) % n]
+            if worker.available and (best is None or len(worker.in_flight) < len(best.in_flight)):
+                best = worker
+        if n:
+            self._rr = (self._rr + 1) % n
+        return best
+
+    def live_workers(self) -> list[Worker]:
+        return [w for w in self.workers if not w.draining]
+
+    async def call(self, make: MakeRequest) -> m.Reply:
+        """Send a request built by ``make(id)`` and wait for its reply.
+
+        Raises:
+            ServiceError: SERVICE_UNAVAILABLE, OVERLOADED or TIMEOUT.
+        """
+        registry = self.registry
+        if not self.live_workers():
+            raise ServiceError(ErrorCode.SERVICE_UNAVAILABLE, f"service {self.name} is unavailable")
+        future: asyncio.Future[m.Reply] = registry.state.loop.create_future()
+        call = Call(self, make, future)
+        worker = self.pick()
+        if worker is None:
+            if len(self.queue) >= registry.max_queue:
+                raise ServiceError(ErrorCode.OVERLOADED, f"service {self.name} is overloaded")
+            self.queue.append(call)
+        else:
+            worker.send_call(call)
+        call.deadline = registry.state.loop.time() + registry.request_timeout
+        registry.state.sweeper.schedule(call)
+        return await future
+
+    def notify(self, msg: Any) -> None:
+        """A one-way message (disconnect) to any live worker; dropped if none."""
+        live = self.live_workers()
+        if live:
+            live[self._rr % len(live)].proto.send(msg)
+
+    def pump(self) -> None:
+        """Move queued calls to workers that have room."""
+        queue = self.queue
+        while queue:
+            worker = self.pick()
+            if worker is None:
+                return
+            call = queue.popleft()
+            if not call.future.done():
+                worker.send_call(call)
+
+    def fail_queue(self) -> None:
+        calls, self.queue = list(self.queue), deque()
+        for call in calls:
+            call.deadline = math.inf
+            if not call.future.done():
+                call.future.set_exception(
+                    ServiceError(
+                        ErrorCode.SERVICE_UNAVAILABLE, f"service {self.name} is unavailable"
+                    )
+                )
+
+
+class Registry:
+    """Every service and worker of one engine."""
+
+    def __init__(
+        self,
+        state: ServerState,
+        mount: Callable[[ServiceEntry], list[Callable[[], None]]],
+        *,
+        request_timeout: float,
+        worker_concurrency: int,
+        max_queue: int,
+        heartbeat: float,
+    ) -> None:
+        self.state = state
+        self._mount = mount
+        self.request_timeout = request_timeout
+        self.worker_concurrency = worker_concurrency
+        self.max_queue = max_queue
+        self.heartbeat = heartbeat
+        self.services: dict[str, ServiceEntry] = {}
+        self.workers: dict[int, Worker] = {}
+        self._next_worker = 0
+
+    def new_worker(self, proto: IpcProtocol) -> Worker:
+        self._next_worker += 1
+        worker = Worker(self._next_worker, proto)
+        self.workers[worker.id] = worker
+        return worker
+
+    def register(self, worker: Worker, hello: m.Hello) -> m.Welcome | m.Reject:
+        reg = hello.service
+        entry = self.services.get(reg.name)
+        if entry is not None and entry.registration != reg:
+            if entry.workers:
+                return m.Reject(
+                    "REGISTRATION_MISMATCH",
+                    f"service {reg.name} is registered with different routes by its other workers",
+                )
+            # No worker left: a new version of the service may redefine its routes.
+            self._unmount(entry)
+            del self.services[reg.name]
+            entry = None
+        if entry is None:
+            entry = ServiceEntry(self, reg)
+            try:
+                entry.unmount = self._mount(entry)
+            except ValueError as exc:  # RouteConflict
+                return m.Reject("ROUTE_CONFLICT", str(exc))
+            self.services[reg.name] = entry
+        worker.entry = entry
+        worker.pid = hello.pid
+        worker.capacity = max(1, min(reg.concurrency, self.worker_concurrency))
+        entry.workers.append(worker)
+        log.info(
+            "worker %d (pid %d) registered service %s %s; %d worker(s)",
+            worker.id,
+            worker.pid,
+            reg.name,
+            reg.version,
+            len(entry.workers),
+        )
+        entry.pump()
+        return m.Welcome(
+            version=m.PROTOCOL_VERSION,
+            worker=worker.id,
+            max_frame=worker.proto.max_frame,
+            heartbeat=self.heartbeat,
+        )
+
+    def _unmount(self, entry: ServiceEntry) -> None:
+        for undo in entry.unmount:
+            undo()
+        entry.unmount = []
+
+    def drain(self, worker: Worker) -> None:
+        worker.draining = True
+        if worker.entry is not None:
+            entry = worker.entry
+            if not entry.live_workers():
+                entry.fail_queue()
+
+    def remove(self, worker: Worker, reason: str) -> None:
+        """The worker's socket closed: fail its calls, keep the service's routes."""
+        if self.workers.pop(worker.id, None) is None:
+            return
+        entry = worker.entry
+        n = len(worker.in_flight)
+        worker.fail_all()
+        if entry is not None:
+            if worker in entry.workers:
+                entry.workers.remove(worker)
+            log.warning(
+                "worker %d (pid %d) of %s gone (%s); %d call(s) failed, %d worker(s) left",
+                worker.id,
+                worker.pid,
+                entry.name,
+                reason,
+                n,
+                len(entry.workers),
+            )
+            if entry.live_workers():
+                entry.pump()
+            else:
+                entry.fail_queue()
