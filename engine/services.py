@@ -196,11 +196,17 @@ class ServiceWsEndpoint(WebSocketEndpoint):
         return coro  # at the limit: the next message waits for this one
 
     async def _forward(self, ws: WebSocket, raw: bytes, message_type: str, msg_id: Any) -> None:
+        remote = f"{ws.remote[0]}:{ws.remote[1]}" if ws.remote else None
         try:
 
             def make(request_id: int) -> m.Message:
                 return m.Message(
-                    id=request_id, conn=ws.id, type=message_type, json=raw, auth=ws.auth
+                    id=request_id,
+                    conn=ws.id,
+                    type=message_type,
+                    json=raw,
+                    auth=ws.auth,
+                    remote=remote,
                 )
 
             try:
@@ -254,7 +260,9 @@ class ServiceWsEndpoint(WebSocketEndpoint):
     def on_disconnect(self, ws: WebSocket, code: int) -> None:
         self._concurrent.pop(ws.id, None)
         if self.route.on_disconnect:
-            self.entry.notify(m.Disconnect(conn=ws.id, code=code, rooms=ws.left_rooms))
+            self.entry.notify(
+                m.Disconnect(conn=ws.id, code=code, rooms=ws.left_rooms, auth=ws.auth)
+            )
 
 
 def mount_service(state: ServerState, entry: ServiceEntry) -> list[Callable[[], None]]:

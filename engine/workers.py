@@ -237,6 +237,10 @@ class Registry:
 
     def register(self, worker: Worker, hello: m.Hello) -> m.Welcome | m.Reject:
         reg = hello.service
+        if m.PROTOCOL_VERSION not in hello.versions:
+            return m.Reject(
+                "VERSION", f"engine speaks IPC version {m.PROTOCOL_VERSION}, not {hello.versions}"
+            )
         entry = self.services.get(reg.name)
         if entry is not None and entry.registration != reg:
             if entry.workers:

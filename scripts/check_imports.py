@@ -12,6 +12,7 @@ from pathlib import Path
 
 FORBIDDEN = {
     "protocol": {"engine", "sdk", "asyncio", "socket", "time", "uvloop", "redis", "asyncpg"},
+    "sdk": {"engine"},
 }
 
 

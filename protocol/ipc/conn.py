@@ -125,7 +125,9 @@ class IpcConn:
         if isinstance(msg, m.Reply | m.Result):
             if msg.id in self.pending_out:
                 self.pending_out.discard(msg.id)
-            elif self._expired.pop(msg.id, False) is not None:
+            elif msg.id in self._expired:
+                del self._expired[msg.id]  # a late answer to a timed-out request
+            else:
                 raise IpcProtocolError(IpcError.UNEXPECTED, f"{msg.TYPE} to unknown id {msg.id}")
         elif isinstance(msg, _REQUESTS):
             if msg.id in self.pending_in:
@@ -142,10 +144,8 @@ class IpcConn:
             if not isinstance(msg, m.Hello) or self._hello_sent:
                 raise IpcProtocolError(IpcError.UNEXPECTED, f"expected hello, got {msg.TYPE}")
             self._hello_sent = True  # engine side: "hello received"
-            if m.PROTOCOL_VERSION not in msg.versions:
-                raise IpcProtocolError(
-                    IpcError.VERSION, f"worker speaks {msg.versions}, engine {m.PROTOCOL_VERSION}"
-                )
+            # A version mismatch is the engine's to answer with reject {code: VERSION}
+            # (docs/ipc.md §1), so it is not a protocol error here.
             if msg.max_frame < 1024:
                 raise IpcProtocolError(IpcError.BAD_FIELD, "hello.max_frame below 1024")
             self.peer_max_frame = msg.max_frame
@@ -164,13 +164,19 @@ class IpcConn:
 
     # --------------------------------------------------------------- outbound
     def send(self, msg: Any) -> bytes:
-        """Frame one message; raises LocalProtocolError when it may not be sent now."""
-        self._on_send(msg)
+        """Frame one message; raises LocalProtocolError when it may not be sent now.
+
+        The size is checked before any bookkeeping, so an oversize reply leaves its
+        request pending and the caller can still answer it with an error.
+        """
+        if self.state is IpcState.CLOSED:
+            raise LocalProtocolError("connection closed")
         body = encode(msg)
         if len(body) > self.peer_max_frame:
             raise LocalProtocolError(
                 f"{msg.TYPE} of {len(body)} bytes exceeds the peer's max_frame"
             )
+        self._on_send(msg)
         return encode_frame(body)
 
     def _on_send(self, msg: Any) -> None:

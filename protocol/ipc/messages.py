@@ -170,6 +170,7 @@ class Message:
     type: str
     json: bytes
     auth: Any = None
+    remote: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +181,7 @@ class Disconnect:
     conn: int
     code: int
     rooms: list[str] = field(default_factory=list)
+    auth: Any = None
 
 
 @dataclass(frozen=True, slots=True)

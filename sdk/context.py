@@ -1,0 +1,334 @@
+"""Handler contexts: what a handler sees of its request and the commands it can issue."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import parse_qs
+
+import orjson
+
+from protocol.ipc import messages as m
+
+from .errors import BadRequestError
+
+if TYPE_CHECKING:
+    from .service import Service
+
+__all__ = [
+    "AuthUser",
+    "Context",
+    "Emitter",
+    "Headers",
+    "HttpContext",
+    "Link",
+    "Socket",
+    "WsContext",
+    "WsMessage",
+]
+
+
+class Link(Protocol):
+    """The engine connection a context issues commands on (implemented by the worker)."""
+
+    def command(self, msg: Any) -> None:
+        """Write one command now; raises ServiceUnavailableError when disconnected."""
+
+    async def flush(self) -> None:
+        """Wait while the socket's write buffer is above its high-water mark."""
+
+    async def query(self, what: str, *, conn: int | None = None, room: str | None = None) -> Any:
+        """Ask the engine; returns the decoded JSON result."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthUser:
+    """The verified identity of a request (docs/ipc.md §4.7)."""
+
+    id: str
+    username: str | None = None
+    roles: list[str] = field(default_factory=list)
+    #: The whole verified token payload.
+    claims: Any = None
+
+    @classmethod
+    def from_auth(cls, auth: Any) -> AuthUser | None:
+        if not isinstance(auth, dict) or not isinstance(auth.get("userId"), str):
+            return None
+        roles = auth.get("roles")
+        return cls(
+            id=auth["userId"],
+            username=auth.get("username"),
+            roles=list(roles) if isinstance(roles, list) else [],
+            claims=auth.get("claims"),
+        )
+
+
+class Headers(Mapping[str, str]):
+    """Request headers in order, looked up case-insensitively; ``get`` returns the first."""
+
+    __slots__ = ("_first", "raw")
+
+    def __init__(self, raw: list[tuple[str, str]]) -> None:
+        #: The ``(name, value)`` pairs as the engine sent them (lower-case names).
+        self.raw = raw
+        self._first: dict[str, str] = {}
+        for name, value in raw:
+            self._first.setdefault(name.lower(), value)
+
+    def __getitem__(self, name: str) -> str:
+        return self._first[name.lower()]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._first
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._first)
+
+    def __len__(self) -> int:
+        return len(self._first)
+
+    def getall(self, name: str) -> list[str]:
+        """Every value of ``name``, in order."""
+        key = name.lower()
+        return [v for k, v in self.raw if k.lower() == key]
+
+    def __repr__(self) -> str:
+        return f"Headers({self.raw!r})"
+
+
+def _event(event: str, data: Any) -> bytes:
+    # The SDK builds the client's whole event text; the engine forwards it untouched.
+    return orjson.dumps({"type": event, "data": data})
+
+
+class Emitter:
+    """One emit target (a room, a user, a connection or everyone), plus exclusions.
+
+    ``await ctx.to("room").except_(ctx.socket.id).emit("chat.message", data)``;
+    ``except_`` takes socket ids (``str``) or connection ids (``int``) and accumulates.
+    """
+
+    __slots__ = ("_conn", "_everyone", "_exclude", "_link", "_room", "_user")
+
+    def __init__(
+        self,
+        link: Link,
+        *,
+        room: str | None = None,
+        user: str | None = None,
+        conn: int | None = None,
+        everyone: bool = False,
+    ) -> None:
+        self._link = link
+        self._room = room
+        self._user = user
+        self._conn = conn
+        self._everyone = everyone
+        self._exclude: list[int] = []
+
+    def except_(self, *ids: str | int | Socket) -> Emitter:
+        for item in ids:
+            if isinstance(item, Socket):
+                self._exclude.append(item.conn)
+            else:
+                self._exclude.append(int(item))
+        return self
+
+    async def emit(self, event: str, data: Any = None) -> None:
+        """Send ``{"type": event, "data": data}`` to the target (written immediately)."""
+        self._link.command(
+            m.Emit(
+                payload=_event(event, data),
+                room=self._room,
+                user=self._user,
+                conn=self._conn,
+                everyone=self._everyone,
+                exclude=list(self._exclude),
+            )
+        )
+        await self._link.flush()
+
+
+class Context:
+    """What every handler gets: identity, the service's logger and db, emits."""
+
+    __slots__ = ("_link", "_user", "auth", "service")
+
+    def __init__(self, service: Service, link: Link, auth: Any) -> None:
+        self.service = service
+        self._link = link
+        #: The verified identity as the engine sent it (``userId``, ``username``,
+        #: ``roles``, ``claims``), or None.
+        self.auth: dict[str, Any] | None = auth if isinstance(auth, dict) else None
+        self._user: AuthUser | None = AuthUser.from_auth(auth)
+
+    @property
+    def user(self) -> AuthUser | None:
+        """``auth`` as an ``AuthUser`` (``.id``, ``.username``, ``.roles``, ``.claims``)."""
+        return self._user
+
+    @property
+    def logger(self) -> logging.Logger:
+        return self.service.logger
+
+    @property
+    def db(self) -> Any:
+        """Whatever the service set as ``service.db``."""
+        return self.service.db
+
+    def to(self, room: str) -> Emitter:
+        """Emit to every connection in ``room`` (rooms are global to the engine)."""
+        return Emitter(self._link, room=room)
+
+    def to_user(self, user_id: str) -> Emitter:
+        """Emit to every connection authenticated as ``user_id``."""
+        return Emitter(self._link, user=user_id)
+
+    def to_socket(self, socket_id: str | int) -> Emitter:
+        """Emit to one connection, by socket id."""
+        return Emitter(self._link, conn=int(socket_id))
+
+    def everyone(self) -> Emitter:
+        """Emit to every client connection of the engine."""
+        return Emitter(self._link, everyone=True)
+
+    async def broadcast(self, event: str, data: Any = None) -> None:
+        """Emit to every client connection of the engine."""
+        await self.everyone().emit(event, data)
+
+    async def members(self, room: str) -> list[str]:
+        """The socket ids of the connections in ``room``."""
+        result = await self._link.query("members", room=room)
+        return [str(c) for c in result or []]
+
+
+@dataclass(frozen=True, slots=True)
+class Socket:
+    """The client connection a WebSocket handler runs for."""
+
+    #: The engine's connection id as a string (what ``except_`` takes).
+    id: str
+    conn: int
+    #: The client's address; known on connect only (messages do not carry it).
+    remote_address: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WsMessage:
+    """The client's frame ``{"type", "data", "id"}``."""
+
+    type: str
+    data: Any = None
+    #: The client's ``id`` (a string or number), or None when it wants no ack.
+    id: Any = None
+
+
+class WsContext(Context):
+    """Context of a WebSocket connect, message or disconnect."""
+
+    __slots__ = ("headers", "message", "path", "query", "query_string", "result", "socket")
+
+    def __init__(
+        self,
+        service: Service,
+        link: Link,
+        auth: Any,
+        socket: Socket,
+        message: WsMessage | None = None,
+        *,
+        path: str = "",
+        query_string: str = "",
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
+        super().__init__(service, link, auth)
+        self.socket = socket
+        #: The client's message; None for connect and disconnect.
+        self.message = message
+        #: Connect only: the WebSocket path, its query and the upgrade request's headers.
+        self.path = path
+        self.query_string = query_string
+        self.query: dict[str, list[str]] = parse_qs(query_string, keep_blank_values=True)
+        self.headers = Headers(headers or [])
+        #: The ack's data: the handler's return value, once ``next()`` returned.
+        #: Middleware may replace it.
+        self.result: Any = None
+
+    @property
+    def type(self) -> str:
+        return self.message.type if self.message else ""
+
+    @property
+    def data(self) -> Any:
+        return self.message.data if self.message else None
+
+    async def join(self, room: str) -> None:
+        """Add this connection to ``room``."""
+        self._link.command(m.Join(conn=self.socket.conn, room=room))
+        await self._link.flush()
+
+    async def leave(self, room: str) -> None:
+        """Remove this connection from ``room``."""
+        self._link.command(m.Leave(conn=self.socket.conn, room=room))
+        await self._link.flush()
+
+    async def rooms(self) -> list[str]:
+        """The rooms this connection is in (asks the engine)."""
+        result = await self._link.query("rooms", conn=self.socket.conn)
+        return [str(r) for r in result or []]
+
+    async def send(self, event: str, data: Any = None) -> None:
+        """Emit ``{"type": event, "data": data}`` to this connection only."""
+        await Emitter(self._link, conn=self.socket.conn).emit(event, data)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close this client connection."""
+        self._link.command(m.Close(conn=self.socket.conn, code=code, reason=reason))
+        await self._link.flush()
+
+
+class HttpContext(Context):
+    """Context of an HTTP action."""
+
+    __slots__ = (
+        "_json",
+        "action",
+        "body",
+        "headers",
+        "method",
+        "params",
+        "path",
+        "query",
+        "query_string",
+        "remote_address",
+    )
+
+    def __init__(self, service: Service, link: Link, req: m.HttpRequest) -> None:
+        super().__init__(service, link, req.auth)
+        self.action = req.action
+        self.method = req.method
+        self.path = req.path
+        #: Values of the route's ``:name`` segments.
+        self.params: dict[str, str] = dict(req.params)
+        #: The raw query string, without ``?``.
+        self.query_string = req.query
+        #: The parsed query: every value of every name, blanks kept.
+        self.query: dict[str, list[str]] = parse_qs(req.query, keep_blank_values=True)
+        self.headers = Headers(req.headers)
+        self.body = req.body
+        self.remote_address = req.remote
+        self._json: Any = _NOT_PARSED
+
+    def json(self) -> Any:
+        """The body parsed as JSON (once); BadRequestError when it is not JSON."""
+        if self._json is _NOT_PARSED:
+            try:
+                self._json = orjson.loads(self.body)
+            except orjson.JSONDecodeError:
+                raise BadRequestError("the body is not valid JSON") from None
+        return self._json
+
+
+_NOT_PARSED: Any = object()

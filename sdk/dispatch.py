@@ -1,0 +1,124 @@
+"""Turn one engine request into a handler call and its reply (errors mapped in one place)."""
+
+from __future__ import annotations
+
+import orjson
+
+from protocol.codes import ErrorCode
+from protocol.ipc import messages as m
+
+from .context import HttpContext, Link, Socket, WsContext, WsMessage
+from .errors import BadRequestError, InternalError, LinkdError, NotFoundError, UnauthorizedError
+from .response import UNSET, Response
+from .service import Service
+
+__all__ = ["handle_connect", "handle_disconnect", "handle_http", "handle_message"]
+
+_INTERNAL = InternalError().to_info()
+
+
+def _error(service: Service, request_id: int, exc: BaseException, what: str) -> m.Reply:
+    """The one place where exceptions become error replies."""
+    if isinstance(exc, LinkdError):
+        if exc.code is ErrorCode.INTERNAL:
+            # The engine hides the message from clients; the log keeps it.
+            service.logger.error("%s failed: %s", what, exc.message, exc_info=exc)
+        return m.Reply(id=request_id, error=exc.to_info())
+    # Never leak the details of an unexpected exception: they may be sensitive.
+    service.logger.error("%s raised", what, exc_info=exc)
+    return m.Reply(id=request_id, error=_INTERNAL)
+
+
+def _http_response(request_id: int, response: Response) -> m.Reply:
+    if response.json is not UNSET:
+        return m.Reply(
+            id=request_id,
+            status=response.status,
+            headers=response.headers,
+            json=orjson.dumps(response.json),
+        )
+    return m.Reply(
+        id=request_id,
+        status=response.status,
+        headers=response.headers,
+        body=response.body if response.body is not None else b"",
+    )
+
+
+async def handle_http(service: Service, link: Link, req: m.HttpRequest) -> m.Reply:
+    """Run the action ``req.action``; its value becomes JSON, a Response is sent as is."""
+    what = f"action {req.action!r}"
+    try:
+        action = service.actions.get(req.action)
+        if action is None:
+            raise NotFoundError(f"no action {req.action!r}")
+        if action.auth == "required" and req.auth is None:
+            # The engine checks first; this guards a misconfigured engine.
+            raise UnauthorizedError()
+        value = await action.handler(HttpContext(service, link, req))
+        if isinstance(value, Response):
+            return _http_response(req.id, value)
+        return m.Reply(id=req.id, json=orjson.dumps(value))
+    except Exception as exc:
+        return _error(service, req.id, exc, what)
+
+
+async def handle_message(service: Service, link: Link, msg: m.Message) -> m.Reply:
+    """Run the middleware chain and the handler of ``msg.type``; the result is the ack."""
+    what = f"handler of {msg.type!r}"
+    try:
+        try:
+            frame = orjson.loads(msg.json)
+        except orjson.JSONDecodeError:
+            raise BadRequestError("the message is not JSON") from None
+        if not isinstance(frame, dict):
+            raise BadRequestError("the message is not a JSON object")
+        client_id = frame.get("id")
+        ctx = WsContext(
+            service,
+            link,
+            msg.auth,
+            Socket(id=str(msg.conn), conn=msg.conn),
+            WsMessage(type=msg.type, data=frame.get("data"), id=client_id),
+        )
+        value = await service.ws.dispatch(ctx)
+        if isinstance(value, Response):
+            raise TypeError("Response is for HTTP actions; a message handler returns data")
+        if client_id is None:
+            # No ack goes to the client (docs/ipc.md §4.2): do not ship the value.
+            return m.Reply(id=msg.id)
+        return m.Reply(id=msg.id, json=orjson.dumps(value))
+    except Exception as exc:
+        return _error(service, msg.id, exc, what)
+
+
+async def handle_connect(service: Service, link: Link, req: m.Connect) -> m.Reply:
+    """Run on_connect; an error reply makes the engine refuse the connection."""
+    try:
+        handler = service.ws.connect_handler
+        if handler is not None:
+            ctx = WsContext(
+                service,
+                link,
+                req.auth,
+                Socket(id=str(req.conn), conn=req.conn, remote_address=req.remote),
+                path=req.path,
+                query_string=req.query,
+                headers=req.headers,
+            )
+            await handler(ctx)
+        return m.Reply(id=req.id)
+    except Exception as exc:
+        return _error(service, req.id, exc, "on_connect")
+
+
+async def handle_disconnect(service: Service, link: Link, note: m.Disconnect) -> None:
+    """Run on_disconnect(ctx, code, rooms); errors are only logged (nothing to answer)."""
+    handler = service.ws.disconnect_handler
+    if handler is None:
+        return
+    ctx = WsContext(service, link, None, Socket(id=str(note.conn), conn=note.conn))
+    try:
+        await handler(ctx, note.code, list(note.rooms))
+    except Exception:
+        service.logger.exception("on_disconnect raised")
