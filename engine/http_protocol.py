@@ -45,7 +45,7 @@ _ERROR_MESSAGES = {
     408: (ErrorCode.REQUEST_TIMEOUT, "request not received in time"),
     413: (ErrorCode.PAYLOAD_TOO_LARGE, "request body too large"),
     431: (ErrorCode.HEADERS_TOO_LARGE, "request line or headers too large"),
-    501: (ErrorCode.BAD_REQUEST, "unsupported transfer coding"),
+    501: (ErrorCode.BAD_REQUEST, "not implemented"),
 }
 
 

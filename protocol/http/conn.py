@@ -94,6 +94,7 @@ class HttpConn:
     __slots__ = (
         "_body",
         "_body_size",
+        "_fed",
         "_h11",
         "_limits",
         "_method",
@@ -111,6 +112,8 @@ class HttpConn:
         self._body: list[bytes] = []
         self._body_size = 0
         self._method = b""
+        # Bytes fed since the current request began (for the head-size limit).
+        self._fed = 0
 
     @property
     def state(self) -> HttpState:
@@ -126,6 +129,7 @@ class HttpConn:
         """Feed bytes from the socket; ``b""`` means EOF."""
         if self._state is HttpState.IDLE and data:
             self._state = HttpState.READING
+        self._fed += len(data)
         try:
             self._h11.receive_data(data)
         except RuntimeError as exc:  # bytes after EOF: the caller's bug
@@ -165,15 +169,23 @@ class HttpConn:
                 self._state = HttpState.CLOSING
                 return PeerEOF()
 
+    def _buffered(self) -> int:
+        # h11 keeps unparsed bytes in a private ReceiveBuffer; its public view
+        # (trailing_data) copies them, so use the length when it is there.
+        buffer = getattr(self._h11, "_receive_buffer", None)
+        return len(buffer) if buffer is not None else len(self._h11.trailing_data[0])
+
     def _start_request(self, event: h11.Request) -> None:
         # h11 checks max_incomplete_event_size only while it waits for more bytes; a
-        # complete head that arrived in one read is measured here (a lower bound of
-        # its size on the wire: separators and line ends included, folding not).
-        head = len(event.method) + len(event.target) + 14
-        head += sum(len(k) + len(v) + 4 for k, v in event.headers)
-        if head > self._limits.max_header_bytes:
+        # complete head that arrived in one read is measured here, on the wire:
+        # bytes fed for this request minus what h11 has not consumed yet.
+        if self._fed - self._buffered() > self._limits.max_header_bytes:
             self._state = HttpState.CLOSING
             raise RemoteProtocolError("request head too large", status_hint=431)
+        if event.method == b"CONNECT":
+            # h11 treats a 2xx to CONNECT as a protocol switch; we are not a proxy.
+            self._state = HttpState.CLOSING
+            raise RemoteProtocolError("CONNECT is not supported", status_hint=501)
         length = None
         for name, value in event.headers:
             if name == b"content-length":
@@ -250,8 +262,8 @@ class HttpConn:
             return
         self._h11.start_next_cycle()
         # A pipelined request may already be buffered: its header timeout runs now.
-        buffered, _ = self._h11.trailing_data
-        self._state = HttpState.READING if buffered else HttpState.IDLE
+        self._fed = self._buffered()
+        self._state = HttpState.READING if self._fed else HttpState.IDLE
 
     def accept_upgrade(self, headers: list[tuple[str, str]]) -> bytes:
         """Answer the current request with ``101 Switching Protocols``."""

@@ -104,10 +104,10 @@ class IpcConn:
         """
         if self.state is IpcState.CLOSED:
             return None
-        body = self._decoder.next_frame()
-        if body is None:
-            return None
         try:
+            body = self._decoder.next_frame()
+            if body is None:
+                return None
             msg = decode(body, self._receives)
             self._on_receive(msg)
         except IpcProtocolError:

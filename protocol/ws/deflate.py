@@ -99,7 +99,10 @@ def _parse_bits(value: str | None, *, required: bool) -> int | None:
         return None
     value = value.strip().strip('"')
     # RFC 7692 §7.1.2: "1*DIGIT" without leading zeros, in 8..15.
-    if not value.isdigit() or value.startswith("0") or not 8 <= int(value) <= 15:
+    # isdigit() alone accepts "¹" (a Latin-1 header byte), which int() then rejects.
+    if not (value.isascii() and value.isdigit()) or value.startswith("0"):
+        raise _BadOffer(f"invalid window bits {value!r}")
+    if not 8 <= int(value) <= 15:
         raise _BadOffer(f"invalid window bits {value!r}")
     return int(value)
 
@@ -298,8 +301,10 @@ class InboundGuard(Extension):
                     # Drop the inflater now: it still holds the rest of the bomb's input.
                     self._inflater = None
                     return CloseReason.MESSAGE_TOO_BIG
+                # At the end of the stream (a BFINAL block) zlib returns b"" forever and
+                # keeps the rest in unconsumed_tail: stop, or this loop never ends.
                 data = self._inflater.unconsumed_tail
-                if not data:
+                if not data or self._inflater.eof:
                     break
                 limit = min(
                     self.max_message_bytes - self.message_bytes + 1, self.inflate_chunk_bytes
@@ -309,7 +314,7 @@ class InboundGuard(Extension):
             return CloseReason.INVALID_FRAME_PAYLOAD_DATA
         if self._inflater.eof:
             # A BFINAL block ends the stream; anything after it cannot be inflated.
-            if self._inflater.unused_data:
+            if self._inflater.unused_data or self._inflater.unconsumed_tail:
                 self._inflater = None
                 return CloseReason.INVALID_FRAME_PAYLOAD_DATA
             self._inflater = None
