@@ -40,6 +40,14 @@ def _error_from_reply(error: m.ErrorInfo) -> ServiceError:
     return ServiceError(code, message, error.details)
 
 
+async def _call(entry: ServiceEntry, make: Callable[[int], Any]) -> m.Reply:
+    """A successful reply, or ServiceError (engine-side failures and worker errors alike)."""
+    reply = await entry.call(make)
+    if reply.error is not None:
+        raise _error_from_reply(reply.error)
+    return reply
+
+
 def _error_json(err: ServiceError) -> bytes:
     body = b'{"code":' + orjson.dumps(err.code.value) + b',"message":' + orjson.dumps(err.message)
     if err.details is not None:
@@ -81,9 +89,7 @@ class ServiceHttpAction:
             )
 
         try:
-            reply = await self.entry.call(make)
-            if reply.error is not None:
-                raise _error_from_reply(reply.error)
+            reply = await _call(self.entry, make)
         except ServiceError as err:
             return Response(
                 err.code.status,
@@ -147,9 +153,7 @@ class ServiceWsEndpoint(WebSocketEndpoint):
             )
 
         try:
-            reply = await self.entry.call(make)
-            if reply.error is not None:
-                raise _error_from_reply(reply.error)
+            await _call(self.entry, make)
         except ServiceError as err:
             refused = err.code in (ErrorCode.UNAUTHORIZED, ErrorCode.FORBIDDEN)
             code = CloseCode.POLICY_VIOLATION if refused else CloseCode.INTERNAL_ERROR
@@ -210,9 +214,7 @@ class ServiceWsEndpoint(WebSocketEndpoint):
                 )
 
             try:
-                reply = await self.entry.call(make)
-                if reply.error is not None:
-                    raise _error_from_reply(reply.error)
+                reply = await _call(self.entry, make)
             except ServiceError as err:
                 self._error_event(ws, msg_id, message_type, err.code, err.message, err.details)
                 return

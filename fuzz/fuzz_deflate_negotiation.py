@@ -22,9 +22,13 @@ Invariants (any exception, or a failed assert, is a crash):
 from __future__ import annotations
 
 import os
-import sys
 
 from protocol.ws import DeflateOptions, DeflateParams, negotiate_deflate
+
+try:
+    from fuzz.runner import run_fuzzer
+except ImportError:  # run as a script: fuzz/ itself is on sys.path
+    from runner import run_fuzzer  # type: ignore[no-redef]
 
 __all__ = ["KNOWN_BUGS", "check_negotiation", "main", "options_for"]
 
@@ -79,16 +83,8 @@ def check_negotiation(data: bytes, known: frozenset[str] | None = None) -> None:
     assert again == params, f"response {params.response!r} re-negotiates to {again!r}"
 
 
-def fuzz_one_input(data: bytes) -> None:
-    check_negotiation(data)
-
-
 def main() -> None:
-    import atheris
-
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, fuzz_one_input)
-    atheris.Fuzz()
+    run_fuzzer(check_negotiation)
 
 
 if __name__ == "__main__":

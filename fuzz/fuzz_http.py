@@ -39,7 +39,6 @@ pass ``known=frozenset()``) to check them too. Remove an id once its bug is fixe
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field
 
 from protocol import Limits, MessageTooBig, RemoteProtocolError
@@ -57,6 +56,11 @@ from protocol.http import (
     validate_upgrade,
 )
 from protocol.ws import ConnectionFailed, DeflateOptions, PeerClosed, WsConn, WsState
+
+try:
+    from fuzz.runner import run_fuzzer
+except ImportError:  # run as a script: fuzz/ itself is on sys.path
+    from runner import run_fuzzer  # type: ignore[no-redef]
 
 __all__ = ["KNOWN_BUGS", "LIMITS", "check_http", "main"]
 
@@ -233,16 +237,8 @@ def check_http(data: bytes, known: frozenset[str] | None = None) -> None:
         _feed(data, [data], bugs, upgrade=True)
 
 
-def fuzz_one_input(data: bytes) -> None:
-    check_http(data)
-
-
 def main() -> None:
-    import atheris
-
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, fuzz_one_input)
-    atheris.Fuzz()
+    run_fuzzer(check_http)
 
 
 if __name__ == "__main__":

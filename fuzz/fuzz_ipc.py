@@ -22,7 +22,6 @@ Invariants (any other exception, or a failed assert, is a crash):
 from __future__ import annotations
 
 import os
-import sys
 
 from protocol.ipc import (
     ENGINE_RECEIVES,
@@ -36,6 +35,11 @@ from protocol.ipc import (
     encode,
 )
 from protocol.ipc import messages as m
+
+try:
+    from fuzz.runner import run_fuzzer
+except ImportError:  # run as a script: fuzz/ itself is on sys.path
+    from runner import run_fuzzer  # type: ignore[no-redef]
 
 __all__ = ["KNOWN_BUGS", "MAX_FRAME", "check_ipc", "main"]
 
@@ -92,16 +96,8 @@ def check_ipc(data: bytes, known: frozenset[str] | None = None) -> None:
     assert whole == pieces, (whole, pieces)
 
 
-def fuzz_one_input(data: bytes) -> None:
-    check_ipc(data)
-
-
 def main() -> None:
-    import atheris
-
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, fuzz_one_input)
-    atheris.Fuzz()
+    run_fuzzer(check_ipc)
 
 
 if __name__ == "__main__":

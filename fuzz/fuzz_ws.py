@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import os
 import struct
-import sys
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,6 +59,11 @@ from protocol.ws import (
     WsState,
     negotiate_deflate,
 )
+
+try:
+    from fuzz.runner import run_fuzzer
+except ImportError:  # run as a script: fuzz/ itself is on sys.path
+    from runner import run_fuzzer  # type: ignore[no-redef]
 
 __all__ = [
     "KNOWN_BUGS",
@@ -335,16 +339,8 @@ def _check(data: bytes) -> None:
     assert session.conn.state is WsState.CLOSED, session.conn.state
 
 
-def fuzz_one_input(data: bytes) -> None:
-    check_ws(data)
-
-
 def main() -> None:
-    import atheris
-
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, fuzz_one_input)
-    atheris.Fuzz()
+    run_fuzzer(check_ws)
 
 
 if __name__ == "__main__":
