@@ -168,11 +168,17 @@ class Engine:
             await asyncio.gather(*state.tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        if self._ipc_server is not None:
+            # No new workers, then ask every worker to finish and leave (docs/ipc.md
+            # §4.5); what is still connected when the grace period ends is dropped.
+            self._ipc_server.close()
+            remaining = max(0.5, grace - (time.monotonic() - started))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.registry.drain_all(), remaining)
         if self._supervisor is not None:
             await self._supervisor.stop()
             self._supervisor = None
         if self._ipc_server is not None:
-            self._ipc_server.close()
             for worker in list(state.registry.workers.values()):
                 worker.proto.abort()
             with contextlib.suppress(Exception):

@@ -228,6 +228,7 @@ class Registry:
         self.services: dict[str, ServiceEntry] = {}
         self.workers: dict[int, Worker] = {}
         self._next_worker = 0
+        self._gone: asyncio.Event | None = None
 
     def new_worker(self, proto: IpcProtocol) -> Worker:
         self._next_worker += 1
@@ -279,6 +280,19 @@ class Registry:
             heartbeat=self.heartbeat,
         )
 
+    async def drain_all(self) -> None:
+        """Send ``drain`` to every worker and wait until all of them disconnected."""
+        self._gone = asyncio.Event()
+        for worker in list(self.workers.values()):
+            worker.draining = True
+            if worker.entry is None:  # still in its handshake: nothing to finish
+                worker.proto.abort()
+                continue
+            with contextlib.suppress(LocalProtocolError):
+                worker.proto.send(m.Drain())
+        if self.workers:
+            await self._gone.wait()
+
     def _unmount(self, entry: ServiceEntry) -> None:
         for undo in entry.unmount:
             undo()
@@ -295,6 +309,8 @@ class Registry:
         """The worker's socket closed: fail its calls, keep the service's routes."""
         if self.workers.pop(worker.id, None) is None:
             return
+        if not self.workers and self._gone is not None:
+            self._gone.set()
         entry = worker.entry
         n = len(worker.in_flight)
         worker.fail_all()
