@@ -115,6 +115,7 @@ class ServiceWsEndpoint(WebSocketEndpoint):
         self.route = route
         self.types = frozenset(route.types)
         self.prefixes = tuple(route.prefixes)
+        self.concurrent = frozenset(route.concurrent)
         # Binary frames are not forwarded in protocol version 1: close 1003.
         self.accept_binary = False
         self._concurrent: dict[int, int] = {}
@@ -189,6 +190,9 @@ class ServiceWsEndpoint(WebSocketEndpoint):
             )
             return None
         coro = self._forward(ws, data.encode(), message_type, msg_id)
+        if message_type in self.concurrent:
+            self.state.spawn(coro)  # the handler opted out of per-connection ordering
+            return None
         limit = self.route.per_connection
         if limit <= 1:
             return coro  # awaited before the connection's next message: arrival order

@@ -208,6 +208,7 @@ class Service:
                 on_disconnect=router.disconnect_handler is not None,
                 binary=opts.binary,
                 per_connection=opts.per_connection,
+                concurrent=sorted(router.concurrent),
             )
         elif router.has_handlers:
             raise ValueError(

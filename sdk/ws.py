@@ -67,6 +67,8 @@ class WsRouter:
 
     def __init__(self) -> None:
         self.handlers: dict[str, _Route] = {}
+        #: Types whose handlers run without waiting for the connection's other messages.
+        self.concurrent: set[str] = set()
         #: Group prefixes, e.g. ``"chat."``.
         self.prefixes: list[str] = []
         self.catch_all: WsHandler | None = None
@@ -79,10 +81,14 @@ class WsRouter:
         self._auth_prefixes: list[str] = []
 
     # ------------------------------------------------------------ registration
-    def on(self, type: str, *, auth: AuthOption = False) -> Callable[[F], F]:
+    def on(
+        self, type: str, *, auth: AuthOption = False, concurrent: bool = False
+    ) -> Callable[[F], F]:
         """Handle messages whose ``type`` is exactly ``type``.
 
         ``auth=True`` answers ``UNAUTHORIZED`` to a message without a verified identity.
+        ``concurrent=True`` lets these messages run alongside the connection's others
+        instead of waiting their turn (no ordering: for typing indicators and the like).
         """
         required = auth_mode(auth) == "required"
 
@@ -91,6 +97,8 @@ class WsRouter:
             if type in self.handlers:
                 raise ValueError(f"message type {type!r} already has a handler")
             self.handlers[type] = _Route(fn, required)
+            if concurrent:
+                self.concurrent.add(type)
             return fn
 
         return register
@@ -213,10 +221,12 @@ class WsGroup:
         self.prefix = prefix
         self.auth_required = auth_required
 
-    def on(self, name: str, *, auth: AuthOption | None = None) -> Callable[[F], F]:
+    def on(
+        self, name: str, *, auth: AuthOption | None = None, concurrent: bool = False
+    ) -> Callable[[F], F]:
         """Handle type ``prefix + name``; ``auth`` defaults to the group's."""
         required = self.auth_required if auth is None else auth_mode(auth) == "required"
-        return self.router.on(self.prefix + name, auth=required)
+        return self.router.on(self.prefix + name, auth=required, concurrent=concurrent)
 
     def use(self, middleware: Middleware) -> None:
         """Middleware for this group's types only."""

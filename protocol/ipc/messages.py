@@ -73,6 +73,9 @@ class WsRoute:
     binary: bool = False
     #: Messages of one connection handled concurrently (1 = strictly in order).
     per_connection: int = 1
+    #: Types whose handlers opted out of ordering: they run alongside the connection's
+    #: other messages instead of waiting their turn (e.g. typing indicators).
+    concurrent: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -230,6 +230,23 @@ async def test_pipelined_messages_keep_their_order(engine: EngineProcess) -> Non
 
 
 @pytest.mark.asyncio
+async def test_ordering_by_default_and_concurrent_handlers_opt_out(engine: EngineProcess) -> None:
+    async with Client.open(engine.port) as client:
+        # Ordered (the default): the echo waits for the slow message before it.
+        await client.send("demo.slow", {"t": 0.4}, "slow")
+        await client.send("demo.echo", {"x": 1}, "after-slow")
+        await client.ack("after-slow", 5.0)
+        acks = [f["id"] for f in client.frames if f.get("id") in ("slow", "after-slow")]
+        assert acks == ["slow", "after-slow"]
+        # concurrent=True: the echo overtakes the napping handler.
+        await client.send("demo.nap", {"t": 0.4}, "nap")
+        await client.send("demo.echo", {"x": 2}, "after-nap")
+        await client.ack("nap", 5.0)
+        acks = [f["id"] for f in client.frames if f.get("id") in ("nap", "after-nap")]
+        assert acks == ["after-nap", "nap"]
+
+
+@pytest.mark.asyncio
 async def test_rooms_close_and_on_disconnect(engine: EngineProcess) -> None:
     async with Client.open(engine.port) as watcher:
         async with Client.open(engine.port) as client:

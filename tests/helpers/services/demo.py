@@ -195,6 +195,12 @@ with service.ws.group("demo") as ws:
         await asyncio.sleep(ctx.data["t"])
         return {"pid": os.getpid()}
 
+    @ws.on("nap", concurrent=True)
+    async def nap(ctx: WsContext) -> Any:
+        # Opted out of ordering: the connection's next messages do not wait for it.
+        await asyncio.sleep(ctx.data["t"])
+        return {"napped": ctx.data["t"]}
+
     @ws.on("fail")
     async def fail_message(ctx: WsContext) -> Any:
         fail(ctx.data["kind"])
