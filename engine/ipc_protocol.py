@@ -35,6 +35,7 @@ _SENDABLE = {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1
 class IpcProtocol(asyncio.Protocol):
     __slots__ = (
         "_conn",
+        "_out",
         "_ping_n",
         "_pong_due",
         "_registry",
@@ -49,6 +50,7 @@ class IpcProtocol(asyncio.Protocol):
         self._registry = registry
         self._conn = IpcConn(Role.ENGINE, max_frame)
         self._transport: asyncio.Transport | None = None
+        self._out: list[bytes] | None = None
         self.worker: Worker = registry.new_worker(self)
         self.deadline = math.inf
         self._ping_n = 0
@@ -87,10 +89,28 @@ class IpcProtocol(asyncio.Protocol):
 
     # -------------------------------------------------------------- sending
     def send(self, msg: Any) -> None:
-        """Frame and write one message; raises LocalProtocolError if it may not go."""
+        """Frame and queue one message; raises LocalProtocolError if it may not go.
+
+        Frames queued during one loop iteration leave in one ``writelines`` (the same
+        cork as client connections): N requests to a worker cost one system call and
+        one wake-up of the worker, not N.
+        """
         if self._transport is None:
             raise LocalProtocolError("worker disconnected")
-        self._transport.write(self._conn.send(msg))
+        frame = self._conn.send(msg)
+        if self._out is None:
+            self._out = [frame]
+            self._state.corker.add(self)
+        else:
+            self._out.append(frame)
+
+    def flush(self) -> None:
+        out, self._out = self._out, None
+        if out and self._transport is not None:
+            if len(out) == 1:
+                self._transport.write(out[0])
+            else:
+                self._transport.writelines(out)
 
     def abort(self) -> None:
         if self._transport is not None:
@@ -164,9 +184,13 @@ class IpcProtocol(asyncio.Protocol):
             if isinstance(answer, m.Reject):
                 log.warning("worker rejected: %s %s", answer.code, answer.message)
                 if self._transport is not None:
+                    self.flush()  # the reject goes out before the close
                     self._transport.close()
                 return
-            self._set_deadline(self._state.loop.time() + self._registry.heartbeat)
+            if self._registry.heartbeat > 0:
+                self._set_deadline(self._state.loop.time() + self._registry.heartbeat)
+            else:
+                self.deadline = math.inf  # heartbeat 0: no pings (docs/ipc.md §4.6)
 
     def _answer(self, query: m.Query) -> m.Result:
         hub = self._state.hub

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from protocol.ws import SharedDeflater
 
@@ -18,7 +18,11 @@ if TYPE_CHECKING:
     from .workers import Registry
     from .ws_protocol import WsProtocol
 
-__all__ = ["Corker", "ServerState"]
+__all__ = ["Corker", "Flushable", "ServerState"]
+
+
+class Flushable(Protocol):
+    def flush(self) -> None: ...
 
 
 class Corker:
@@ -34,10 +38,10 @@ class Corker:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._pending: list[WsProtocol] = []
+        self._pending: list[Flushable] = []
         self._scheduled = False
 
-    def add(self, proto: WsProtocol) -> None:
+    def add(self, proto: Flushable) -> None:
         self._pending.append(proto)
         if not self._scheduled:
             self._scheduled = True

@@ -265,27 +265,52 @@ def _is_profile_error(text: str) -> bool:
     )
 
 
+_OMIT = object()  # "no default": the field is always written
+# Written as they are; anything else (lists, nested messages) goes through _plain.
+_SCALARS = frozenset({int, str, bytes, bool, float, dict})
+
+# Per class: (type tag, [(field, default or _OMIT, omit-when-empty)]), built once;
+# dataclasses.fields() per message costs more than the encoding itself.
+_LAYOUTS: dict[type, tuple[str | None, list[tuple[str, Any, bool]]]] = {}
+
+
+def _layout(cls: type) -> tuple[str | None, list[tuple[str, Any, bool]]]:
+    layout = _LAYOUTS.get(cls)
+    if layout is None:
+        fields = [
+            (
+                f.name,
+                f.default if f.default is not dataclasses.MISSING else _OMIT,
+                f.default_factory is not dataclasses.MISSING,
+            )
+            for f in dataclasses.fields(cls)
+        ]
+        layout = _LAYOUTS[cls] = (getattr(cls, "TYPE", None), fields)
+    return layout
+
+
 def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    kind = type(value)
+    if kind in _LAYOUTS or (dataclasses.is_dataclass(value) and not isinstance(value, type)):
         return _to_map(value)
-    if type(value) in (list, tuple):
+    if kind is list or kind is tuple:
         return [_plain(v) for v in value]
     return value
 
 
 def _to_map(msg: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    t = getattr(type(msg), "TYPE", None)
-    if t is not None:
-        out["t"] = t
-    for f in dataclasses.fields(msg):
-        value = getattr(msg, f.name)
+    tag, fields = _layout(type(msg))
+    out: dict[str, Any] = {} if tag is None else {"t": tag}
+    for name, default, empty_default in fields:
+        value = getattr(msg, name)
         # Omit what the receiver would default anyway: smaller frames, same meaning.
-        if value is None or (f.default is not dataclasses.MISSING and value == f.default):
+        if value is None or value is default or (empty_default and not value):
             continue
-        if f.default_factory is not dataclasses.MISSING and not value:
+        if default is not _OMIT and value == default:
             continue
-        out[f.name] = _plain(value)
+        if type(value) not in _SCALARS:
+            value = _plain(value)
+        out[name] = value
     return out
 
 
