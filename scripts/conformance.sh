@@ -42,6 +42,7 @@ for _ in $(seq 50); do
 done
 
 "$RUNNER" "${RUN_ARGS[@]}" "ws://127.0.0.1:$PORT/" "*" "$OUT"
+python3 scripts/autobahn_groups.py "$OUT"
 python3 - "$OUT/summary.json" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
