@@ -32,6 +32,15 @@ log = logging.getLogger("linkd.ipc")
 _SENDABLE = {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
 
 
+def _require_utf8(data: bytes | None, field: str) -> None:
+    if data is None:
+        return
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise IpcProtocolError(IpcError.BAD_FIELD, f"{field} is not UTF-8") from None
+
+
 class IpcProtocol(asyncio.Protocol):
     __slots__ = (
         "_conn",
@@ -132,12 +141,13 @@ class IpcProtocol(asyncio.Protocol):
     def _dispatch(self, msg: Any) -> None:
         hub = self._state.hub
         if isinstance(msg, m.Reply):
+            # These bytes are pasted into client text frames: they must be UTF-8.
+            _require_utf8(msg.json, "reply.json")
+            if msg.error is not None:
+                _require_utf8(msg.error.details, "reply.error.details")
             self.worker.on_reply(msg)
         elif isinstance(msg, m.Emit):
-            try:
-                msg.payload.decode("utf-8")
-            except UnicodeDecodeError:
-                raise IpcProtocolError(IpcError.BAD_FIELD, "emit.payload is not UTF-8") from None
+            _require_utf8(msg.payload, "emit.payload")
             targets = (msg.room, msg.user, msg.conn)
             if sum(t is not None for t in targets) + msg.everyone != 1:
                 raise IpcProtocolError(IpcError.BAD_FIELD, "emit needs exactly one target")
@@ -187,6 +197,8 @@ class IpcProtocol(asyncio.Protocol):
                     self.flush()  # the reject goes out before the close
                     self._transport.close()
                 return
+            if self.worker.entry is not None:
+                self.worker.entry.pump()  # queued calls may go to this worker now
             if self._registry.heartbeat > 0:
                 self._set_deadline(self._state.loop.time() + self._registry.heartbeat)
             else:

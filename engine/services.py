@@ -36,8 +36,9 @@ _KNOWN_CODES = {code.value: code for code in ErrorCode}
 
 def _error_from_reply(error: m.ErrorInfo) -> ServiceError:
     code = _KNOWN_CODES.get(error.code, ErrorCode.INTERNAL)
-    message = "internal error" if code is ErrorCode.INTERNAL else error.message
-    return ServiceError(code, message, error.details)
+    if code is ErrorCode.INTERNAL:
+        return ServiceError(code, "internal error")  # nothing of an internal error leaks
+    return ServiceError(code, error.message, error.details)
 
 
 async def _call(entry: ServiceEntry, make: Callable[[int], Any]) -> m.Reply:

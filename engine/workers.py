@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from protocol import ErrorCode, LocalProtocolError
+from protocol.ipc import PeerFrameTooLarge
 from protocol.ipc import messages as m
 
 if TYPE_CHECKING:
@@ -93,11 +94,16 @@ class Worker:
         self.in_flight[call.id] = call
         try:
             self.proto.send(call.make(call.id))
-        except LocalProtocolError:
-            # Too big for the worker's max_frame (or the socket is closing).
+        except PeerFrameTooLarge:
             del self.in_flight[call.id]
             call.future.set_exception(
-                ServiceError(ErrorCode.BAD_REQUEST, "request too large for the service")
+                ServiceError(ErrorCode.PAYLOAD_TOO_LARGE, "request too large for the service")
+            )
+        except LocalProtocolError:
+            # The socket is closing: the same as a worker that went away.
+            del self.in_flight[call.id]
+            call.future.set_exception(
+                ServiceError(ErrorCode.SERVICE_UNAVAILABLE, "the service worker went away")
             )
 
     def on_reply(self, reply: m.Reply) -> None:
@@ -206,6 +212,10 @@ class ServiceEntry:
                 )
 
 
+def _routes(reg: m.Registration) -> tuple[object, ...]:
+    return (reg.http, reg.ws)
+
+
 class Registry:
     """Every service and worker of one engine."""
 
@@ -243,7 +253,9 @@ class Registry:
                 "VERSION", f"engine speaks IPC version {m.PROTOCOL_VERSION}, not {hello.versions}"
             )
         entry = self.services.get(reg.name)
-        if entry is not None and entry.registration != reg:
+        # Workers of one service must route alike; version and concurrency may differ
+        # (a rolling deploy, a bigger machine).
+        if entry is not None and _routes(entry.registration) != _routes(reg):
             if entry.workers:
                 return m.Reject(
                     "REGISTRATION_MISMATCH",
@@ -264,6 +276,7 @@ class Registry:
         worker.pid = hello.pid
         worker.capacity = max(1, min(reg.concurrency, self.worker_concurrency))
         entry.workers.append(worker)
+        entry.registration = reg
         log.info(
             "worker %d (pid %d) registered service %s %s; %d worker(s)",
             worker.id,
@@ -272,7 +285,7 @@ class Registry:
             reg.version,
             len(entry.workers),
         )
-        entry.pump()
+        # Queued calls move to this worker once its welcome is out (IpcProtocol).
         return m.Welcome(
             version=m.PROTOCOL_VERSION,
             worker=worker.id,

@@ -2,7 +2,7 @@
 
 from . import messages
 from .codec import ENGINE_RECEIVES, WORKER_RECEIVES, decode, encode
-from .conn import IpcConn, IpcState, Role
+from .conn import IpcConn, IpcState, PeerFrameTooLarge, Role
 from .errors import IpcError, IpcProtocolError
 from .framing import FrameDecoder, encode_frame
 from .messages import PROTOCOL_VERSION
@@ -16,6 +16,7 @@ __all__ = [
     "IpcError",
     "IpcProtocolError",
     "IpcState",
+    "PeerFrameTooLarge",
     "Role",
     "decode",
     "encode",

@@ -17,7 +17,11 @@ from .codec import ENGINE_RECEIVES, WORKER_RECEIVES, decode, encode
 from .errors import IpcError, IpcProtocolError
 from .framing import FrameDecoder, encode_frame
 
-__all__ = ["IpcConn", "IpcState", "Role"]
+__all__ = ["IpcConn", "IpcState", "PeerFrameTooLarge", "Role"]
+
+
+class PeerFrameTooLarge(LocalProtocolError):
+    """The message encodes to more than the peer's ``max_frame``; nothing was sent."""
 
 
 # How many timed-out ids are remembered; older late answers become protocol errors.
@@ -173,9 +177,7 @@ class IpcConn:
             raise LocalProtocolError("connection closed")
         body = encode(msg)
         if len(body) > self.peer_max_frame:
-            raise LocalProtocolError(
-                f"{msg.TYPE} of {len(body)} bytes exceeds the peer's max_frame"
-            )
+            raise PeerFrameTooLarge(f"{msg.TYPE} of {len(body)} bytes exceeds the peer's max_frame")
         self._on_send(msg)
         return encode_frame(body)
 
