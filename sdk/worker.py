@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from protocol.errors import LocalProtocolError
-from protocol.ipc import IpcConn, IpcProtocolError, IpcState, Role, encode
+from protocol.ipc import IpcConn, IpcProtocolError, IpcState, PeerFrameTooLarge, Role
 from protocol.ipc import messages as m
 
 from .dispatch import handle_connect, handle_disconnect, handle_http, handle_message
@@ -38,9 +38,6 @@ log = logging.getLogger("linkd.sdk")
 DEFAULT_IPC = "/tmp/linkd.sock"
 DEFAULT_MAX_FRAME = 8 * 1024 * 1024
 READ_SIZE = 256 * 1024
-# Framing and field names around a reply's payload; below this margin a reply
-# surely fits and is not encoded twice to measure it.
-_REPLY_OVERHEAD = 4096
 
 
 class Worker:
@@ -194,6 +191,8 @@ class Session:
         self._awaiting_pong: int | None = None
         self._drain_sent = False
         self._closer: asyncio.Task[None] | None = None
+        # Frames written during one loop iteration, sent together (see _write).
+        self._out: list[bytes] | None = None
 
     # --------------------------------------------------------------- lifecycle
     async def run(self) -> bool:
@@ -307,6 +306,7 @@ class Session:
             if not future.done():
                 future.set_exception(ServiceUnavailableError("the engine connection closed"))
         self._queries.clear()
+        self._flush_out()
         self.writer.close()
         with contextlib.suppress(OSError):
             await self.writer.wait_closed()
@@ -357,6 +357,7 @@ class Session:
         # The engine sends no new requests; finish ours, then close so we reconnect
         # (to the engine's successor, when it is restarting).
         await self.worker._finish_tasks()
+        self._flush_out()
         self.writer.close()
 
     async def _request(self, handling: Coroutine[Any, Any, m.Reply]) -> None:
@@ -392,9 +393,25 @@ class Session:
 
     # ----------------------------------------------------------------- outbound
     def _write(self, msg: Any) -> None:
+        """Queue one frame; all frames of one loop iteration leave in one write.
+
+        Commands and the reply of a handler are usually produced in the same
+        iteration: one system call and one wake-up of the engine instead of several.
+        Order is kept, so commands still precede their reply.
+        """
         if self.closed or self.writer.is_closing():
             raise ServiceUnavailableError("not connected to the engine")
-        self.writer.write(self.conn.send(msg))
+        frame = self.conn.send(msg)
+        if self._out is None:
+            self._out = [frame]
+            asyncio.get_running_loop().call_soon(self._flush_out)
+        else:
+            self._out.append(frame)
+
+    def _flush_out(self) -> None:
+        out, self._out = self._out, None
+        if out and not self.writer.is_closing():
+            self.writer.writelines(out)
 
     def _send_drain(self) -> None:
         if not self._drain_sent and self.conn.state in (IpcState.READY, IpcState.DRAINING):
@@ -407,22 +424,19 @@ class Session:
         if self.closed or reply.id not in self.conn.pending_in:
             log.debug("%s: dropping the reply to %d (connection closed)", self.worker, reply.id)
             return
-        size = sum(len(b) for b in (reply.json, reply.body) if b is not None)
-        size += sum(len(k) + len(v) for k, v in reply.headers)
-        # IpcConn.send checks the size too, but only after marking the id answered:
-        # measure first, so an oversize reply can still become an error reply.
-        if size + _REPLY_OVERHEAD > self.conn.peer_max_frame and (
-            len(encode(reply)) > self.conn.peer_max_frame
-        ):
-            log.error(
-                "%s: reply to %d is larger than the engine's max_frame (%d bytes)",
-                self.worker,
-                reply.id,
-                self.conn.peer_max_frame,
-            )
-            reply = m.Reply(id=reply.id, error=InternalError("reply too large").to_info())
         try:
-            self._write(reply)
+            try:
+                self._write(reply)
+            except PeerFrameTooLarge:
+                # IpcConn checked the size before marking the id answered: answer it
+                # with an error instead.
+                log.error(
+                    "%s: reply to %d is larger than the engine's max_frame (%d bytes)",
+                    self.worker,
+                    reply.id,
+                    self.conn.peer_max_frame,
+                )
+                self._write(m.Reply(id=reply.id, error=InternalError("reply too large").to_info()))
         except ServiceUnavailableError:
             log.debug("%s: dropping the reply to %d (connection closing)", self.worker, reply.id)
 
@@ -436,6 +450,7 @@ class Session:
             raise InternalError(str(exc)) from None
 
     async def flush(self) -> None:
+        self._flush_out()
         try:
             await self.writer.drain()
         except OSError:
