@@ -54,8 +54,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def engine_command(*args: str) -> list[str]:
-    """The engine CLI under the test interpreter (``python -m engine ARGS``)."""
-    return [sys.executable, "-m", "engine", *args]
+    """The engine CLI under the test interpreter (``python -m engine ARGS``).
+
+    Without an explicit ``--ipc`` the engine gets none (``--ipc ""``): the default
+    socket path is shared by every engine on the machine, and a test must neither
+    collide with another engine there nor depend on whether one runs.
+    """
+    isolate = not any(a == "--ipc" or a.startswith("--ipc=") or a == "--help" for a in args)
+    return [sys.executable, "-m", "engine", *args, *(["--ipc", ""] if isolate else [])]
 
 
 def app_command(name: str, *args: str) -> list[str]:
