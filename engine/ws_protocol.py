@@ -107,7 +107,9 @@ class WsProtocol(asyncio.Protocol):
         self.deadline = math.inf
         self._out: list[bytes] | None = None
         self._out_bytes = 0
-        self._inbox: deque[str | bytes] = deque()
+        # Created on first use: an empty deque costs ~760 bytes, and most connections
+        # never queue a message (inline handlers, idle clients).
+        self._inbox: deque[str | bytes] | None = None
         self._busy = False
         self._paused = 0
         self._last_rx = 0.0
@@ -286,8 +288,11 @@ class WsProtocol(asyncio.Protocol):
         metrics = self._state.metrics
         metrics.ws_messages_in += 1
         if self._busy:
-            self._inbox.append(data)
-            if len(self._inbox) >= self._state.limits.max_inbound_queue:
+            inbox = self._inbox
+            if inbox is None:
+                inbox = self._inbox = deque()
+            inbox.append(data)
+            if len(inbox) >= self._state.limits.max_inbound_queue:
                 self._pause(_PAUSE_QUEUE)
             return
         try:
@@ -313,10 +318,11 @@ class WsProtocol(asyncio.Protocol):
                         await pending
                     except Exception:
                         self._handler_failed()
-                if not self._inbox:
+                inbox = self._inbox
+                if not inbox:
                     break
-                data = self._inbox.popleft()
-                if len(self._inbox) <= low:
+                data = inbox.popleft()
+                if len(inbox) <= low:
                     self._resume(_PAUSE_QUEUE)
                 try:
                     pending = self._endpoint.on_message(self, data)
