@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+from urllib.parse import unquote
 
 __all__ = ["MethodNotAllowed", "RouteConflict", "Router"]
 
@@ -92,13 +93,7 @@ def _bind(pattern: list[str], segments: list[str]) -> dict[str, str] | None:
     params: dict[str, str] = {}
     for want, got in zip(pattern, segments, strict=True):
         if want.startswith(":"):
-            params[want[1:]] = _unquote(got)
+            params[want[1:]] = unquote(got)
         elif want != got:
             return None
     return params
-
-
-def _unquote(segment: str) -> str:
-    from urllib.parse import unquote
-
-    return unquote(segment)
