@@ -114,6 +114,9 @@ class WebSocketEndpoint:
 
     #: Accept binary messages; if False they are refused with close 1003.
     accept_binary: bool = True
+    #: Token policy at the upgrade: "none", "optional" (verified when present) or
+    #: "required" (401 before the upgrade without a valid one).
+    auth_policy: str = "none"
 
     def reject_upgrade(self, request: Request) -> Response | None:
         """Refuse the upgrade with this response (401, 429...), or None to accept."""

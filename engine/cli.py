@@ -16,6 +16,7 @@ from typing import Any
 from protocol import Limits
 from protocol.ws import DeflateOptions
 
+from .auth import Authenticator
 from .config import Config, parse_listen
 from .log import LEVELS, configure_logging
 from .server import Engine
@@ -127,6 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add("--jwt-secret", default=None, help="HMAC secret for HS256/384/512 tokens")
     p.add("--jwt-public-key", default=None, metavar="FILE", help="PEM public key for RS/ES/EdDSA")
     p.add("--jwks", default=None, metavar="FILE", help="JWKS file with public keys")
+    p.add("--jwt-audience", default=None, help="required 'aud' claim of tokens")
+    p.add("--jwt-issuer", default=None, help="required 'iss' claim of tokens")
+    p.add(
+        "--jwt-leeway",
+        type=float,
+        default=d.jwt_leeway,
+        help="seconds of clock skew accepted on exp/nbf",
+    )
+    p.add(
+        "--no-close-on-token-expiry",
+        action="store_true",
+        default=False,
+        help="keep a WebSocket open after its token expires (default: close 1008)",
+    )
     p.add(
         "--heartbeat",
         type=float,
@@ -253,6 +268,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         jwt_secret=args.jwt_secret,
         jwt_public_key=args.jwt_public_key,
         jwks=args.jwks,
+        jwt_audience=args.jwt_audience,
+        jwt_issuer=args.jwt_issuer,
+        jwt_leeway=args.jwt_leeway,
+        close_on_token_expiry=not args.no_close_on_token_expiry,
         log_level=args.log_level,
         access_log=not args.no_access_log,
         heartbeat=args.heartbeat,
@@ -276,7 +295,34 @@ def _install_uvloop() -> str:
     return "uvloop"
 
 
+def token_main(argv: Sequence[str]) -> int:
+    """``engine token --sub ID``: print a development token signed with the secret."""
+    parser = argparse.ArgumentParser(
+        prog="engine token",
+        description="Mint a development token (HS256) with --jwt-secret / LINKD_JWT_SECRET.",
+    )
+    parser.add_argument("--sub", required=True, help="the user id (sub claim)")
+    parser.add_argument("--name", help="preferred_username claim")
+    parser.add_argument("--roles", default="", help="comma-separated roles")
+    parser.add_argument("--ttl", type=float, default=3600.0, help="lifetime in seconds")
+    parser.add_argument("--jwt-secret", default=os.environ.get("LINKD_JWT_SECRET"))
+    parser.add_argument("--jwt-audience", default=os.environ.get("LINKD_JWT_AUDIENCE"))
+    parser.add_argument("--jwt-issuer", default=os.environ.get("LINKD_JWT_ISSUER"))
+    args = parser.parse_args(argv)
+    if not args.jwt_secret:
+        parser.error("needs --jwt-secret or LINKD_JWT_SECRET")
+    authenticator = Authenticator(
+        secret=args.jwt_secret, audience=args.jwt_audience, issuer=args.jwt_issuer
+    )
+    roles = [r for r in args.roles.split(",") if r]
+    print(authenticator.mint(args.sub, name=args.name, roles=roles, ttl=args.ttl))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["token"]:
+        return token_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -288,12 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = logging.getLogger("linkd.server")
     log.info("linkd %s on %s", config.version, loop_name)
     # Names fixed by the design; the features behind them land in later releases.
-    for flag, value in (
-        ("--redis", config.redis_url),
-        ("--jwt-secret", config.jwt_secret),
-        ("--jwt-public-key", config.jwt_public_key),
-        ("--jwks", config.jwks),
-    ):
+    for flag, value in (("--redis", config.redis_url),):
         if value:
             log.warning("%s is not implemented in this version and is ignored", flag)
     try:

@@ -51,6 +51,13 @@ class Config:
     jwt_secret: str | None = field(default=None, repr=False)
     jwt_public_key: str | None = None
     jwks: str | None = None
+    #: Required ``aud`` / ``iss`` of tokens, when set.
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    #: Clock skew accepted on ``exp``/``nbf``, seconds.
+    jwt_leeway: float = 30.0
+    #: Close a WebSocket with 1008 when its token expires.
+    close_on_token_expiry: bool = True
     log_level: str = "info"
     access_log: bool = True
 

@@ -28,6 +28,7 @@ from protocol.http import (
 from protocol.ws import WsConn
 
 from .app import Request, Response, error_body
+from .auth import authenticate
 from .router import MethodNotAllowed
 from .state import ServerState
 from .ws_protocol import WsProtocol
@@ -264,6 +265,14 @@ class HttpProtocol(asyncio.Protocol):
         if refusal is not None:
             self._respond(request, refusal)
             return
+        identity = None
+        if endpoint.auth_policy != "none":
+            # DESIGN §2: a bad token is a 401 before the upgrade, never 101 then close.
+            checked = authenticate(state.authenticator, request, endpoint.auth_policy)
+            if isinstance(checked, Response):
+                self._respond(request, checked)
+                return
+            identity = checked
         deflate = state.config.deflate if state.config.deflate.enabled else None
         outcome = validate_upgrade(request, deflate, endpoint.select_subprotocol)
         if isinstance(outcome, UpgradeRejected):
@@ -282,6 +291,8 @@ class HttpProtocol(asyncio.Protocol):
         state.metrics.count_request(101)
         ws_conn = WsConn(state.limits, outcome.deflate, state.config.deflate)
         proto = WsProtocol(state, endpoint, ws_conn, request, self.remote, outcome.subprotocol)
+        if identity is not None:
+            proto.authenticate(identity)
         trailing = self._conn.trailing_data
         # Hand the socket over: from now on the WebSocket protocol owns it.
         self._state.http_connections.discard(self)

@@ -19,6 +19,7 @@ from protocol.ipc import messages as m
 from protocol.ws import OutboundMessage
 
 from .app import Request, Response, WebSocketEndpoint
+from .auth import authenticate
 
 if TYPE_CHECKING:
     from .state import ServerState
@@ -64,16 +65,20 @@ def _auth_header(request: Request) -> str | None:
 class ServiceHttpAction:
     """``METHOD /path`` of a service → ``http`` request → ``reply`` → HTTP response."""
 
-    def __init__(self, entry: ServiceEntry, route: m.HttpRoute) -> None:
+    def __init__(self, state: ServerState, entry: ServiceEntry, route: m.HttpRoute) -> None:
+        self.state = state
         self.entry = entry
         self.route = route
 
     async def __call__(self, request: Request) -> Response:
-        if self.route.auth == "required":
-            # Token verification arrives with the auth release; until then a route
-            # that demands it is closed rather than open (security by default).
-            return Response.error(ErrorCode.UNAUTHORIZED, "authentication required")
         http = request.http
+        identity = None
+        if self.route.auth != "none":
+            outcome = authenticate(self.state.authenticator, http, self.route.auth)
+            if isinstance(outcome, Response):
+                return outcome
+            identity = outcome
+        auth = identity.auth if identity is not None else None
         remote = f"{request.remote[0]}:{request.remote[1]}" if request.remote else None
 
         def make(request_id: int) -> m.HttpRequest:
@@ -87,6 +92,7 @@ class ServiceHttpAction:
                 headers=list(http.headers),
                 body=http.body,
                 remote=remote,
+                auth=auth,
             )
 
         try:
@@ -119,12 +125,8 @@ class ServiceWsEndpoint(WebSocketEndpoint):
         self.concurrent = frozenset(route.concurrent)
         # Binary frames are not forwarded in protocol version 1: close 1003.
         self.accept_binary = False
+        self.auth_policy = route.auth
         self._concurrent: dict[int, int] = {}
-
-    def reject_upgrade(self, request: Request) -> Response | None:
-        if self.route.auth == "required":
-            return Response.error(ErrorCode.UNAUTHORIZED, "authentication required")
-        return None
 
     def handles(self, message_type: str) -> bool:
         return (
@@ -283,7 +285,7 @@ def mount_service(state: ServerState, entry: ServiceEntry) -> list[Callable[[], 
     undo: list[Callable[[], None]] = []
     try:
         for route in reg.http:
-            action = ServiceHttpAction(entry, route)
+            action = ServiceHttpAction(state, entry, route)
             routes.http.add(route.method, route.path, action)
             undo.append(lambda a=action: routes.http.remove_target(a))  # type: ignore[misc]
         if reg.ws is not None:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Protocol
 from protocol.ws import SharedDeflater
 
 from .app import Routes
+from .auth import Authenticator
 from .config import Config
 from .hub import Hub
 from .metrics import Metrics
@@ -68,6 +69,14 @@ class ServerState:
         self.sweeper = Sweeper(loop, config.timer_resolution)
         self.corker = Corker(loop)
         self.hub = Hub()
+        self.authenticator = Authenticator(
+            secret=config.jwt_secret,
+            public_key=config.jwt_public_key,
+            jwks=config.jwks,
+            audience=config.jwt_audience,
+            issuer=config.jwt_issuer,
+            leeway=config.jwt_leeway,
+        )
         #: Services and workers (set by Engine.start).
         self.registry: Registry
         self.http_connections: set[HttpProtocol] = set()

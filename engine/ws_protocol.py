@@ -15,6 +15,7 @@ import logging
 import math
 import socket
 import struct
+import time
 from collections import deque
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, cast
@@ -35,6 +36,7 @@ from protocol.ws import (
 
 if TYPE_CHECKING:
     from .app import WebSocketEndpoint
+    from .auth import Identity
     from .state import ServerState
 
 __all__ = ["WebSocket", "WsProtocol"]
@@ -56,6 +58,7 @@ class WsProtocol(asyncio.Protocol):
         "_conn",
         "_disconnect_code",
         "_endpoint",
+        "_expires_at",
         "_inbox",
         "_last_rx",
         "_out",
@@ -104,6 +107,8 @@ class WsProtocol(asyncio.Protocol):
         self.rooms: set[str] | None = None
         #: The rooms it was in when it closed (for on_disconnect).
         self.left_rooms: list[str] = []
+        # Loop time at which the connection's token expires (inf: no token or no check).
+        self._expires_at = math.inf
         self.deadline = math.inf
         self._out: list[bytes] | None = None
         self._out_bytes = 0
@@ -120,6 +125,15 @@ class WsProtocol(asyncio.Protocol):
         self._closed = False
         self._disconnect_code: int | None = None
         self._write_ready: asyncio.Event | None = None
+
+    def authenticate(self, identity: Identity) -> None:
+        """Attach a verified token (before ``connection_made``: the hub indexes users)."""
+        self.auth = identity.auth
+        self.user_id = identity.user_id
+        if identity.expires is not None and self._state.config.close_on_token_expiry:
+            # exp is wall-clock time; every timer here runs on the loop's monotonic clock.
+            left = identity.expires - time.time()
+            self._expires_at = self._state.loop.time() + max(0.0, left)
 
     # ------------------------------------------------------------ public API
     @property
@@ -428,10 +442,12 @@ class WsProtocol(asyncio.Protocol):
     # -------------------------------------------------- timers (one sweeper)
     def _arm_heartbeat(self, now: float) -> None:
         interval = self._state.config.heartbeat
-        if interval > 0:
-            self._set_deadline(now + interval)
+        # The token's expiry is a deadline too, heartbeat or not (see _set_deadline).
+        self._set_deadline(now + interval if interval > 0 else math.inf)
 
     def _set_deadline(self, when: float) -> None:
+        if self._conn.state is WsState.OPEN:
+            when = min(when, self._expires_at)
         self.deadline = when
         self._state.sweeper.schedule(self)
 
@@ -449,6 +465,10 @@ class WsProtocol(asyncio.Protocol):
             _reset(transport)
             return
         config = self._state.config
+        if now >= self._expires_at:
+            log.info("ws %d: token of user %s expired", self.id, self.user_id)
+            self.close(CloseCode.POLICY_VIOLATION, "token expired")
+            return
         if self._ping_payload is not None:
             if self._paused:
                 # We stopped reading ourselves (handler backlog or our own write side
@@ -460,6 +480,9 @@ class WsProtocol(asyncio.Protocol):
                 self.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
             else:
                 self._set_deadline(self._pong_deadline)
+            return
+        if config.heartbeat <= 0:
+            self._set_deadline(math.inf)
             return
         idle_until = self._last_rx + config.heartbeat
         if now < idle_until:
