@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from enum import Enum
+from typing import cast
 
-from wsproto.connection import Connection, ConnectionState, ConnectionType
-from wsproto.events import BytesMessage, CloseConnection, Ping, Pong
-from wsproto.events import TextMessage as WsprotoText
-from wsproto.utilities import LocalProtocolError as WsprotoLocalError
+from wsproto.frame_protocol import FrameProtocol, ParseFailed
+from wsproto.frame_protocol import Opcode as WsOpcode
 
 from ..codes import CloseCode
 from ..errors import LocalProtocolError
@@ -57,14 +56,15 @@ class WsConn:
 
     __slots__ = (
         "_deflater",
+        "_eof",
         "_fragmenting",
         "_guard",
         "_limits",
         "_outgoing",
         "_parts",
+        "_proto",
         "_state",
         "_text",
-        "_ws",
         "deflate",
     )
 
@@ -82,7 +82,10 @@ class WsConn:
         if deflate is not None:
             opts = deflate_options or DeflateOptions()
             self._deflater = ConnectionDeflater(deflate, opts.level, opts.mem_level)
-        self._ws = Connection(ConnectionType.SERVER, [self._guard])
+        # wsproto's frame parser without its Connection wrapper: we keep the close
+        # state ourselves, and the wrapper's event deque cost ~900 bytes per connection.
+        self._proto = FrameProtocol(False, [self._guard])
+        self._eof = False
         self._state = WsState.OPEN
         self._outgoing: list[bytes] = []
         self._parts: list[str | bytes] = []
@@ -123,7 +126,10 @@ class WsConn:
         """Feed bytes from the socket; ``None`` means the peer closed TCP (EOF)."""
         if self._state is WsState.CLOSED:
             return  # §7.1.1: after the handshake, bytes are discarded.
-        self._ws.receive_data(data)
+        if data is None:
+            self._eof = True
+        else:
+            self._proto.receive_bytes(data)
 
     def events(self) -> Iterator[WsEvent]:
         """Parse what was received into events; replies owed are in ``data_to_send()``.
@@ -134,48 +140,60 @@ class WsConn:
         """
         if self._state is WsState.CLOSED:
             return
-        for event in self._ws.events():
-            if isinstance(event, WsprotoText | BytesMessage):
-                if self._state is not WsState.OPEN:
-                    continue  # §1.4: data after our close frame is discarded.
-                self._parts.append(event.data if isinstance(event.data, str) else bytes(event.data))
-                if event.message_finished:
-                    parts, self._parts = self._parts, []
-                    if isinstance(event, WsprotoText):
-                        yield TextMessage("".join(parts))  # type: ignore[arg-type]
-                    else:
-                        yield BinaryMessage(b"".join(parts))  # type: ignore[arg-type]
-            elif isinstance(event, Ping):
-                if self._state is WsState.OPEN:
-                    # §5.5.3: answer with a pong carrying the same application data.
-                    self._outgoing.append(encode_frame(Opcode.PONG, bytes(event.payload)))
-                yield PingReceived(bytes(event.payload))
-            elif isinstance(event, Pong):
-                yield PongReceived(bytes(event.payload))
-            elif isinstance(event, CloseConnection):
-                yield self._on_close(event)
-                return
+        try:
+            for frame in self._proto.received_frames():
+                opcode = frame.opcode
+                if opcode is WsOpcode.TEXT or opcode is WsOpcode.BINARY:
+                    if self._state is not WsState.OPEN:
+                        continue  # §1.4: data after our close frame is discarded.
+                    data = cast(str | bytes | bytearray, frame.payload)
+                    self._parts.append(data if isinstance(data, str) else bytes(data))
+                    if frame.message_finished:
+                        parts, self._parts = self._parts, []
+                        if opcode is WsOpcode.TEXT:
+                            yield TextMessage("".join(parts))  # type: ignore[arg-type]
+                        else:
+                            yield BinaryMessage(b"".join(parts))  # type: ignore[arg-type]
+                elif opcode is WsOpcode.PING:
+                    payload = bytes(frame.payload)  # type: ignore[arg-type]
+                    if self._state is WsState.OPEN:
+                        # §5.5.3: answer with a pong carrying the same application data.
+                        self._outgoing.append(encode_frame(Opcode.PONG, payload))
+                    yield PingReceived(payload)
+                elif opcode is WsOpcode.PONG:
+                    yield PongReceived(bytes(frame.payload))  # type: ignore[arg-type]
+                elif opcode is WsOpcode.CLOSE:
+                    # FrameProtocol validated the close frame into (code, reason).
+                    close = cast(tuple[int, str], frame.payload)
+                    yield self._on_close(int(close[0]), close[1])
+                    return
+        except ParseFailed as exc:
+            yield self._fail(int(exc.code), str(exc))
+            return
+        if self._eof:
+            # "If _The WebSocket Connection is Closed_ and no Close control frame was
+            # received ... _The WebSocket Connection Close Code_ is considered to be
+            # 1006" (§7.1.5).
+            self._parts = []
+            self._state = WsState.CLOSED
+            yield PeerClosed(CloseCode.ABNORMAL, "")
 
-    def _on_close(self, event: CloseConnection) -> WsEvent:
-        ws_state = self._ws.state
+    def _on_close(self, code: int, reason: str) -> WsEvent:
         self._parts = []
-        if ws_state is ConnectionState.REMOTE_CLOSING:
-            # A genuine close frame while open: echo its code (§5.5.1), then done.
-            self._outgoing.append(self._ws.send(CloseConnection(event.code)))
-            self._state = WsState.CLOSED
-            return PeerClosed(event.code, event.reason or "")
-        if ws_state is ConnectionState.CLOSED and event.code != CloseCode.ABNORMAL:
-            # The peer's answer to our close frame.
-            self._state = WsState.CLOSED
-            return PeerClosed(event.code, event.reason or "")
-        if event.code == CloseCode.ABNORMAL:
-            self._state = WsState.CLOSED
-            return PeerClosed(event.code, "")
-        # wsproto turned a parse failure into this event: fail the connection (§7.1.7).
         if self._state is WsState.OPEN:
-            self._outgoing.append(encode_close(event.code, _public_reason(event.code)))
+            # A close frame while open: echo its code (§5.5.1); 1005 means "no code",
+            # answered with an empty close frame.
+            self._outgoing.append(encode_close(None if code == CloseCode.NO_STATUS else code))
         self._state = WsState.CLOSED
-        return ConnectionFailed(event.code, event.reason or "")
+        return PeerClosed(code, reason)
+
+    def _fail(self, code: int, reason: str) -> WsEvent:
+        """§7.1.7 Fail the WebSocket Connection: our close frame, then drop TCP."""
+        self._parts = []
+        if self._state is WsState.OPEN:
+            self._outgoing.append(encode_close(code, _public_reason(code)))
+        self._state = WsState.CLOSED
+        return ConnectionFailed(code, reason)
 
     def data_to_send(self) -> list[bytes]:
         """Bytes owed to the peer because of received frames (pongs, close replies)."""
@@ -232,10 +250,6 @@ class WsConn:
     def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> bytes:
         """Start the closing handshake; returns b"" when it was already started."""
         if self._state is not WsState.OPEN:
-            return b""
-        try:
-            self._ws.send(CloseConnection(code))
-        except WsprotoLocalError:  # pragma: no cover - guarded by our own state
             return b""
         self._state = WsState.LOCAL_CLOSING
         self._fragmenting = False
