@@ -1,9 +1,10 @@
 """WsConn: one server-side WebSocket connection (RFC 6455) on top of wsproto's frame machine.
 
-wsproto parses frames and runs the close handshake; this core adds what it leaves to
-the embedder: message reassembly under a size limit, bounded inflate (see
-``deflate.InboundGuard``), automatic pongs and close replies, and a fast send path that
-encodes data frames itself so fan-out can share pre-built frames. Sans-I/O: bytes in,
+wsproto's ``FrameProtocol`` parses and validates frames (masking, opcodes, UTF-8, close
+payloads); this core adds what it leaves to the embedder: the closing handshake's state,
+message reassembly under a size limit, bounded inflate (see ``deflate.InboundGuard``),
+automatic pongs and close replies, and a fast send path that encodes data frames itself
+so fan-out can share pre-built frames. Sans-I/O: bytes in,
 events and bytes out; no clock, no sockets.
 """
 
