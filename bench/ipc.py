@@ -181,6 +181,8 @@ def start_server(
             "info",
             "--shutdown-grace",
             "3",
+            "--ws-rate",
+            "0",  # the load generator floods on purpose
         ]
         env["BENCH_IPC_PER_CONNECTION"] = str(per_connection(args, inflight))
         env["BENCH_IPC_CONCURRENCY"] = str(args.concurrency)

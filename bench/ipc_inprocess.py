@@ -78,7 +78,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     engine = Engine(
-        Config(host=HOST, port=args.port, access_log=False, log_level="warning", shutdown_grace=2)
+        Config(
+            host=HOST,
+            port=args.port,
+            access_log=False,
+            log_level="warning",
+            shutdown_grace=2,
+            ws_rate=0,  # a benchmark client floods on purpose
+        )
     )
     engine.websocket(WS_PATH, AsyncEcho() if args.use_async else InlineEcho())
     asyncio.run(engine.serve())

@@ -135,6 +135,16 @@ class WebSocketEndpoint:
     def on_disconnect(self, ws: WebSocket, code: int) -> Awaitable[None] | None:
         return None
 
+    def on_rate_limited(self, ws: WebSocket, data: str | bytes, retry_after: float) -> None:
+        """``data`` arrived over the connection's message rate and is not handled.
+
+        ``retry_after``: seconds until the next message would pass. Called inline
+        (keep it cheap: a flooding client calls it per message). The default drops
+        the message silently. Sustained abuse closes the connection (1008) without
+        calling this.
+        """
+        return None
+
 
 def is_async(func: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(func)

@@ -19,6 +19,7 @@ from protocol.ws import DeflateOptions
 from .auth import Authenticator
 from .config import Config, parse_listen
 from .log import LEVELS, configure_logging
+from .ratelimit import parse_type_limit
 from .server import Engine
 
 __all__ = ["build_parser", "config_from_args", "main"]
@@ -214,6 +215,69 @@ def build_parser() -> argparse.ArgumentParser:
         default=lim.max_outbound_bytes,
         help="unsent bytes after which a client is a slow consumer (1013)",
     )
+    p.add(
+        "--ws-rate",
+        type=float,
+        default=d.ws_rate,
+        help="inbound messages per second per WebSocket; over it a message is refused "
+        "(RATE_LIMITED to service clients) (0: no limit)",
+    )
+    p.add(
+        "--ws-burst",
+        type=float,
+        default=d.ws_burst,
+        help="messages a WebSocket may send at once above --ws-rate",
+    )
+    p.add(
+        "--ws-type-limit",
+        action="append",
+        metavar="TYPE=RATE/BURST",
+        help="a per-connection limit for one service message type, e.g. chat.send=5/10 "
+        "(repeatable; env: comma-separated)",
+    )
+    p.add(
+        "--ws-abuse-limit",
+        type=int,
+        default=d.ws_abuse_limit,
+        help="refused messages within --ws-abuse-window after which a WebSocket is closed "
+        "with 1008 (0: never)",
+    )
+    p.add(
+        "--ws-abuse-window",
+        type=float,
+        default=d.ws_abuse_window,
+        help="seconds of the window --ws-abuse-limit counts in",
+    )
+    p.add(
+        "--max-connections",
+        type=int,
+        default=d.max_connections,
+        help="open WebSockets in all; beyond it upgrades get 503 OVERLOADED (0: no cap)",
+    )
+    p.add(
+        "--max-connections-per-ip",
+        type=int,
+        default=d.max_connections_per_ip,
+        help="open WebSockets per client IPv4 address or IPv6 /64; beyond it 429 (0: no cap)",
+    )
+    p.add(
+        "--new-connections-per-ip",
+        type=float,
+        default=d.new_connections_per_ip,
+        help="new WebSockets per second per client address; beyond it 429 (0: no limit)",
+    )
+    p.add(
+        "--new-connections-burst",
+        type=float,
+        default=d.new_connections_burst,
+        help="new WebSockets a client address may open at once above the rate",
+    )
+    p.add(
+        "--ip-table-size",
+        type=int,
+        default=d.ip_table_size,
+        help="client addresses remembered without an open WebSocket (bounds memory)",
+    )
     p.add("--no-compression", action="store_true", default=False, help="refuse permessage-deflate")
     p.add(
         "--compression-threshold",
@@ -252,6 +316,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         enabled=not args.no_compression,
         server_no_context_takeover=not args.allow_server_context_takeover,
     )
+    type_limits = tuple(parse_type_limit(spec) for spec in args.ws_type_limit or ())
     return Config(
         host=host,
         port=port,
@@ -281,6 +346,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
         keep_alive_timeout=args.keep_alive_timeout,
         close_timeout=args.close_timeout,
         shutdown_grace=args.shutdown_grace,
+        ws_rate=args.ws_rate,
+        ws_burst=args.ws_burst,
+        ws_type_limits=type_limits,
+        ws_abuse_limit=args.ws_abuse_limit,
+        ws_abuse_window=args.ws_abuse_window,
+        max_connections=args.max_connections,
+        max_connections_per_ip=args.max_connections_per_ip,
+        new_connections_per_ip=args.new_connections_per_ip,
+        new_connections_burst=args.new_connections_burst,
+        ip_table_size=args.ip_table_size,
         limits=limits,
         deflate=deflate,
     )

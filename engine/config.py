@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from protocol import Limits
 from protocol.ws import DeflateOptions
 
+from .ratelimit import check_rate
+
 __all__ = ["Config", "parse_listen"]
 
 
@@ -79,6 +81,28 @@ class Config:
     #: Resolution of the single timer sweeper that drives every timeout above.
     timer_resolution: float = 0.25
 
+    #: Inbound WebSocket messages per second per connection, and the burst above it
+    #: (token bucket); over it a message is not handled. 0 disables.
+    ws_rate: float = 100.0
+    ws_burst: float = 200.0
+    #: Extra limits for service message types: ``(type, rate, burst)``.
+    ws_type_limits: tuple[tuple[str, float, float], ...] = ()
+    #: More than this many refused messages within ``ws_abuse_window`` seconds:
+    #: close 1008. 0: never close for it.
+    ws_abuse_limit: int = 20
+    ws_abuse_window: float = 10.0
+    #: Open WebSockets in all (503 OVERLOADED beyond); 0: no cap.
+    max_connections: int = 100_000
+    #: Open WebSockets per client address (IPv4, or IPv6 /64) (429 beyond); 0: no cap.
+    #: Off by default: behind a load balancer or a NAT every client shares an address.
+    max_connections_per_ip: int = 0
+    #: New WebSockets per client address per second, and the burst (429 beyond); 0: off
+    #: (by default, for the same reason).
+    new_connections_per_ip: float = 0.0
+    new_connections_burst: float = 40.0
+    #: Addresses remembered without an open WebSocket (bounds the per-address table).
+    ip_table_size: int = 65536
+
     limits: Limits = field(default_factory=Limits)
     deflate: DeflateOptions = field(default_factory=DeflateOptions)
     backlog: int = 2048
@@ -97,6 +121,21 @@ class Config:
                 raise ValueError(f"{name} must not be negative")
         if self.timer_resolution <= 0:
             raise ValueError("timer_resolution must be positive")
+        check_rate("ws_rate/ws_burst", self.ws_rate, self.ws_burst)
+        check_rate(
+            "new_connections_per_ip/new_connections_burst",
+            self.new_connections_per_ip,
+            self.new_connections_burst,
+        )
+        for name, rate, burst in self.ws_type_limits:
+            check_rate(f"ws_type_limits {name}", rate, burst)
+        for name in ("ws_abuse_limit", "max_connections", "max_connections_per_ip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.ws_abuse_window <= 0:
+            raise ValueError("ws_abuse_window must be positive")
+        if self.ip_table_size < 1:
+            raise ValueError("ip_table_size must be at least 1")
 
     @property
     def version(self) -> str:

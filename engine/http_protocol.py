@@ -15,6 +15,8 @@ import math
 from collections.abc import Awaitable
 from typing import cast
 
+import orjson
+
 from protocol import ErrorCode, MessageTooBig, RemoteProtocolError
 from protocol.http import (
     HttpConn,
@@ -29,6 +31,7 @@ from protocol.ws import WsConn
 
 from .app import Request, Response, error_body
 from .auth import authenticate
+from .ratelimit import ConnectionLimiter, Refusal, address_key
 from .router import MethodNotAllowed
 from .state import ServerState
 from .ws_protocol import WsProtocol
@@ -47,6 +50,13 @@ _ERROR_MESSAGES = {
     413: (ErrorCode.PAYLOAD_TOO_LARGE, "request body too large"),
     431: (ErrorCode.HEADERS_TOO_LARGE, "request line or headers too large"),
     501: (ErrorCode.BAD_REQUEST, "not implemented"),
+}
+
+
+_REFUSALS = {
+    "global": (ErrorCode.OVERLOADED, "too many connections"),
+    "per_ip": (ErrorCode.RATE_LIMITED, "too many connections from this address"),
+    "rate": (ErrorCode.RATE_LIMITED, "too many new connections from this address"),
 }
 
 
@@ -261,6 +271,13 @@ class HttpProtocol(asyncio.Protocol):
             # DESIGN §2: unknown path → 404 before the upgrade, never 101 then close.
             self._respond(request, Response.error(ErrorCode.NOT_FOUND, "no WebSocket endpoint"))
             return
+        # Connection caps come before the token is verified: refusing costs no crypto.
+        limiter = state.limiter
+        address = address_key(self.remote[0]) if self.remote else None
+        capped = limiter.admit(address, state.loop.time(), len(state.ws_connections))
+        if capped is not None:
+            self._refuse(request, limiter, capped)
+            return
         refusal = endpoint.reject_upgrade(Request(request, self.remote))
         if refusal is not None:
             self._respond(request, refusal)
@@ -293,6 +310,9 @@ class HttpProtocol(asyncio.Protocol):
         proto = WsProtocol(state, endpoint, ws_conn, request, self.remote, outcome.subprotocol)
         if identity is not None:
             proto.authenticate(identity)
+        if limiter.tracks_addresses:
+            limiter.opened(address, state.loop.time())
+            proto._address_slot = (limiter, address)  # released by its connection_lost
         trailing = self._conn.trailing_data
         # Hand the socket over: from now on the WebSocket protocol owns it.
         self._state.http_connections.discard(self)
@@ -306,6 +326,33 @@ class HttpProtocol(asyncio.Protocol):
         proto.connection_made(transport)
         if trailing:
             proto.data_received(trailing)
+
+    def _refuse(self, request: HttpRequest, limiter: ConnectionLimiter, refusal: Refusal) -> None:
+        """A connection cap refused the upgrade: 429/503 with retry-after, then close."""
+        code, message = _REFUSALS[refusal.reason]
+        # Milliseconds, rounded up: waiting that long is enough.
+        retry_after = math.ceil(refusal.retry_after * 1000) / 1000
+        body = orjson.dumps(
+            {"error": {"code": code.value, "message": message, "retryAfter": retry_after}}
+        )
+        headers = [
+            *_JSON,
+            ("retry-after", str(max(1, math.ceil(retry_after)))),
+            ("connection", "close"),  # a refused client does not keep a socket
+        ]
+        self._state.metrics.count_refused(refusal.reason)
+        if limiter.log_budget.take(self._state.loop.time()):
+            limiter.not_logged += 1
+        else:
+            log.warning(
+                "refused WebSocket on %s from %s: %s (%d earlier refusals not logged)",
+                request.path,
+                self.remote[0] if self.remote else "-",
+                message,
+                limiter.not_logged,
+            )
+            limiter.not_logged = 0
+        self._respond(request, Response(code.status, headers, body))
 
     # --------------------------------------------------------------- errors
     def _fail(self, status: int) -> None:

@@ -30,6 +30,12 @@ class Metrics(Collector):
         self.ws_closes: dict[int, int] = {}
         self.slow_consumers = 0
         self.dropped_messages = 0
+        #: Inbound WebSocket messages refused by a rate limit (not handled).
+        self.ws_rate_limited = 0
+        #: Connections closed with 1008 for sustained rate-limit abuse.
+        self.ws_abuse_closes = 0
+        #: WebSocket upgrades refused by a connection cap, by reason.
+        self.ws_refused: dict[str, int] = {"per_ip": 0, "rate": 0, "global": 0}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -38,6 +44,9 @@ class Metrics(Collector):
 
     def count_close(self, code: int) -> None:
         self.ws_closes[code] = self.ws_closes.get(code, 0) + 1
+
+    def count_refused(self, reason: str) -> None:
+        self.ws_refused[reason] = self.ws_refused.get(reason, 0) + 1
 
     def collect(self) -> Iterator[Metric]:
         conns = GaugeMetricFamily("linkd_connections", "Open client connections", labels=["kind"])
@@ -77,6 +86,24 @@ class Metrics(Collector):
             "Messages not delivered because the connection was closing or too slow",
             value=self.dropped_messages,
         )
+        yield CounterMetricFamily(
+            "linkd_ws_rate_limited_messages",
+            "Inbound WebSocket messages refused by a rate limit",
+            value=self.ws_rate_limited,
+        )
+        yield CounterMetricFamily(
+            "linkd_ws_abuse_closes",
+            "WebSocket connections closed with 1008 for sustained rate-limit abuse",
+            value=self.ws_abuse_closes,
+        )
+        refused = CounterMetricFamily(
+            "linkd_ws_refused_connections",
+            "WebSocket upgrades refused by a connection cap, by reason (per_ip, rate, global)",
+            labels=["reason"],
+        )
+        for reason, n in sorted(self.ws_refused.items()):
+            refused.add_metric([reason], n)
+        yield refused
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,6 +9,7 @@ client's own text, and the worker's reply becomes the ack ``{id, type, data}`` o
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -50,10 +51,13 @@ async def _call(entry: ServiceEntry, make: Callable[[int], Any]) -> m.Reply:
     return reply
 
 
-def _error_json(err: ServiceError) -> bytes:
+def _error_json(err: ServiceError, retry_after: float | None = None) -> bytes:
     body = b'{"code":' + orjson.dumps(err.code.value) + b',"message":' + orjson.dumps(err.message)
     if err.details is not None:
         body += b',"details":' + err.details
+    if retry_after is not None:
+        # Seconds, rounded up to the millisecond: waiting that long is enough.
+        body += b',"retryAfter":' + orjson.dumps(math.ceil(retry_after * 1000) / 1000)
     return body + b"}"
 
 
@@ -127,6 +131,8 @@ class ServiceWsEndpoint(WebSocketEndpoint):
         self.accept_binary = False
         self.auth_policy = route.auth
         self._concurrent: dict[int, int] = {}
+        #: Per-connection limits of some message types: type → (rate, burst).
+        self.type_limits = {t: (rate, burst) for t, rate, burst in state.config.ws_type_limits}
 
     def handles(self, message_type: str) -> bool:
         return (
@@ -192,6 +198,14 @@ class ServiceWsEndpoint(WebSocketEndpoint):
                 f"unknown message type {message_type!r}",
             )
             return None
+        if self.type_limits:
+            type_limit = self.type_limits.get(message_type)
+            if type_limit is not None:
+                wait = ws.rate_limit(message_type, *type_limit)
+                if wait:
+                    if not ws.closed:  # else: closed for abuse, the close says it
+                        self._rate_limited_event(ws, msg_id, message_type, wait)
+                    return None
         coro = self._forward(ws, data.encode(), message_type, msg_id)
         if message_type in self.concurrent:
             self.state.spawn(coro)  # the handler opted out of per-connection ordering
@@ -245,6 +259,34 @@ class ServiceWsEndpoint(WebSocketEndpoint):
                 else:
                     self._concurrent.pop(ws.id, None)
 
+    # ---------------------------------------------------------- rate limits
+    def on_rate_limited(self, ws: WebSocket, data: str | bytes, retry_after: float) -> None:
+        """Over the connection's message rate: a RATE_LIMITED error, with its id and type."""
+        msg_id: Any = None
+        message_type: str | None = None
+        try:
+            envelope = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            envelope = None
+        if type(envelope) is dict:
+            if type(envelope.get("type")) is str:
+                message_type = envelope["type"]
+            if type(envelope.get("id")) in (str, int):
+                msg_id = envelope["id"]
+        self._rate_limited_event(ws, msg_id, message_type, retry_after)
+
+    def _rate_limited_event(
+        self, ws: WebSocket, msg_id: Any, message_type: str | None, retry_after: float
+    ) -> None:
+        self._error_event(
+            ws,
+            msg_id,
+            message_type,
+            ErrorCode.RATE_LIMITED,
+            "too many messages",
+            retry_after=retry_after,
+        )
+
     def _error_event(
         self,
         ws: WebSocket,
@@ -253,12 +295,14 @@ class ServiceWsEndpoint(WebSocketEndpoint):
         code: ErrorCode,
         message: str,
         details: bytes | None = None,
+        retry_after: float | None = None,
     ) -> None:
         frame = b"{"
         if msg_id is not None:
             frame += b'"id":' + orjson.dumps(msg_id) + b","
         frame += b'"type":' + orjson.dumps(message_type if message_type is not None else "error")
-        frame += b',"error":' + _error_json(ServiceError(code, message, details)) + b"}"
+        error = _error_json(ServiceError(code, message, details), retry_after)
+        frame += b',"error":' + error + b"}"
         self._send_text(ws, frame)
 
     def _send_text(self, ws: WebSocket, payload: bytes) -> None:

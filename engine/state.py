@@ -12,6 +12,7 @@ from .auth import Authenticator
 from .config import Config
 from .hub import Hub
 from .metrics import Metrics
+from .ratelimit import ConnectionLimiter
 from .sweeper import Sweeper
 
 if TYPE_CHECKING:
@@ -69,6 +70,14 @@ class ServerState:
         self.sweeper = Sweeper(loop, config.timer_resolution)
         self.corker = Corker(loop)
         self.hub = Hub()
+        #: Upgrade-time caps: open connections in all and per address, new ones per address.
+        self.limiter = ConnectionLimiter(
+            max_connections=config.max_connections,
+            per_ip=config.max_connections_per_ip,
+            rate=config.new_connections_per_ip,
+            burst=config.new_connections_burst,
+            table_size=config.ip_table_size,
+        )
         self.authenticator = Authenticator(
             secret=config.jwt_secret,
             public_key=config.jwt_public_key,

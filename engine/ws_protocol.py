@@ -34,9 +34,12 @@ from protocol.ws import (
     WsState,
 )
 
+from .ratelimit import TokenBucket
+
 if TYPE_CHECKING:
     from .app import WebSocketEndpoint
     from .auth import Identity
+    from .ratelimit import ConnectionLimiter
     from .state import ServerState
 
 __all__ = ["WebSocket", "WsProtocol"]
@@ -52,6 +55,9 @@ class WsProtocol(asyncio.Protocol):
     """One upgraded connection. Handlers receive it as a ``WebSocket``."""
 
     __slots__ = (
+        "_address_slot",
+        "_bucket",
+        "_buckets",
         "_busy",
         "_close_code",
         "_closed",
@@ -67,6 +73,8 @@ class WsProtocol(asyncio.Protocol):
         "_ping_payload",
         "_pong_deadline",
         "_received_close",
+        "_rejected",
+        "_rejected_until",
         "_state",
         "_transport",
         "_write_ready",
@@ -125,6 +133,18 @@ class WsProtocol(asyncio.Protocol):
         self._closed = False
         self._disconnect_code: int | None = None
         self._write_ready: asyncio.Event | None = None
+        config = state.config
+        # Inbound message rate (token bucket on the loop clock; None: no limit).
+        self._bucket = (
+            TokenBucket(config.ws_rate, config.ws_burst, state.loop.time())
+            if config.ws_rate > 0
+            else None
+        )
+        self._buckets: dict[str, TokenBucket] | None = None  # named limits, on first use
+        self._rejected = 0  # refused messages in the current abuse window
+        self._rejected_until = 0.0  # loop time the abuse window ends
+        #: The per-address slot this connection holds (released when it closes).
+        self._address_slot: tuple[ConnectionLimiter, str | None] | None = None
 
     def authenticate(self, identity: Identity) -> None:
         """Attach a verified token (before ``connection_made``: the hub indexes users)."""
@@ -187,6 +207,25 @@ class WsProtocol(asyncio.Protocol):
         if self._transport is not None and not self._closed:
             self._transport.abort()
 
+    def rate_limit(self, key: str, rate: float, burst: float) -> float:
+        """Take a token from this connection's bucket ``key`` (created on first use).
+
+        Returns 0.0 when allowed, else the seconds until a token is available; a
+        refusal counts toward the abuse limit and may close the connection (1008).
+        Service endpoints use it for per-type limits; embedders may too.
+        """
+        buckets = self._buckets
+        if buckets is None:
+            buckets = self._buckets = {}
+        now = self._state.loop.time()
+        bucket = buckets.get(key)
+        if bucket is None:
+            bucket = buckets[key] = TokenBucket(rate, burst, now)
+        wait = bucket.take(now)
+        if wait:
+            self._count_rejected(now)
+        return wait
+
     async def drain(self) -> None:
         """Wait until the transport's write buffer is below its low-water mark."""
         self.flush()  # corked frames count: hand them to the transport first
@@ -233,6 +272,10 @@ class WsProtocol(asyncio.Protocol):
         self._state.ws_connections.discard(self)
         self.left_rooms = self._state.hub.remove(self)
         self._state.metrics.ws_open -= 1
+        if self._address_slot is not None:
+            limiter, key = self._address_slot
+            self._address_slot = None
+            limiter.closed(key)
         self._state.check_idle()
         code = self._received_close or self._close_code or CloseCode.ABNORMAL
         self._state.metrics.count_close(code)
@@ -301,6 +344,17 @@ class WsProtocol(asyncio.Protocol):
     def _dispatch(self, data: str | bytes) -> None:
         metrics = self._state.metrics
         metrics.ws_messages_in += 1
+        bucket = self._bucket
+        # Before the inbox: a flooding client cannot fill it. _last_rx is this read's time.
+        if bucket is not None:
+            wait = bucket.take(self._last_rx)
+            if wait:
+                if self._count_rejected(self._last_rx):
+                    try:
+                        self._endpoint.on_rate_limited(self, data, wait)
+                    except Exception:
+                        self._handler_failed()
+                return
         if self._busy:
             inbox = self._inbox
             if inbox is None:
@@ -348,6 +402,36 @@ class WsProtocol(asyncio.Protocol):
             if self._disconnect_code is not None:
                 code, self._disconnect_code = self._disconnect_code, None
                 self._notify_disconnect(code)
+
+    def _count_rejected(self, now: float) -> bool:
+        """A message was refused by a rate limit; False when the client gets no answer.
+
+        Abuse: more than ``ws_abuse_limit`` refusals within one ``ws_abuse_window``
+        (a fixed window that starts at the first refusal) closes the connection 1008.
+        """
+        if self._closed or self._conn.state is not WsState.OPEN:
+            return False  # closing already: drop without counting
+        self._state.metrics.ws_rate_limited += 1
+        config = self._state.config
+        if now >= self._rejected_until:
+            self._rejected_until = now + config.ws_abuse_window
+            self._rejected = 0
+        self._rejected += 1
+        if config.ws_abuse_limit and self._rejected > config.ws_abuse_limit:
+            self._state.metrics.ws_abuse_closes += 1
+            log.warning(
+                "ws %d from %s user %s on %s: %d messages over the rate limit within %gs, "
+                "closing with 1008",
+                self.id,
+                self.remote[0] if self.remote else "-",
+                self.user_id or "-",
+                self.request.path,
+                self._rejected,
+                config.ws_abuse_window,
+            )
+            self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+            return False
+        return True
 
     def _handler_failed(self) -> None:
         # The handler's bug: log it here, tell the client only "internal error".

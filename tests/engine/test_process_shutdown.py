@@ -52,7 +52,8 @@ async def answer_close(ws: RawWs, within: float) -> int | None:
 
 async def stop_with_signal(sig: signal.Signals, clients: int) -> None:
     grace = 5.0
-    with engine_process(["--echo", "/echo", "--shutdown-grace", str(grace)]) as eng:
+    caps_off = ["--max-connections-per-ip", "0", "--new-connections-per-ip", "0"]
+    with engine_process(["--echo", "/echo", "--shutdown-grace", str(grace), *caps_off]) as eng:
         async with contextlib.AsyncExitStack() as stack:
             conns = await open_clients(eng, clients, stack)
             started = time.monotonic()

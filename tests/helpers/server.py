@@ -22,6 +22,11 @@ def make_config(**overrides: Any) -> Config:
         echo_paths=("/echo",),
         access_log=False,
         timer_resolution=0.05,
+        # Tests open many connections and send floods from one address: limits are
+        # opted into by the tests that check them (tests/engine/test_ratelimit*.py).
+        ws_rate=0,
+        max_connections_per_ip=0,
+        new_connections_per_ip=0,
         limits=dataclasses.replace(Limits(), **limits) if isinstance(limits, dict) else limits,
         deflate=dataclasses.replace(DeflateOptions(), **deflate)
         if isinstance(deflate, dict)

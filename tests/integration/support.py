@@ -117,6 +117,8 @@ def demo_engine(
         if ipc is None:
             ipc = str(Path(stack.enter_context(ipc_dir())) / "l.sock")
         args = ["--ipc", ipc, "--workers", str(workers), "--ipc-heartbeat", "1"]
+        # Tests pipeline a thousand messages from one client: no message rate limit.
+        args += ["--ws-rate", "0"]
         for spec in services:
             args += ["--service", spec]
         eng = stack.enter_context(engine_process([*args, *extra], port=port))
