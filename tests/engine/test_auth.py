@@ -249,3 +249,23 @@ async def test_required_auth_without_keys_is_refused(tmp_path: Path) -> None:
         async with RawWs(engine.port, f"/ws/chat?token={hs({})}") as ws:
             assert ws.status == 401
             assert "not configured" in orjson.loads(ws.response_body)["error"]["message"]
+
+
+@pytest.mark.asyncio
+async def test_emit_to_a_user_reaches_every_tab_of_that_user_only(tmp_path: Path) -> None:
+    async with auth_engine(tmp_path) as (engine, worker):
+        alice = hs({"sub": "alice"})
+        bob = hs({"sub": "bob"})
+        async with (
+            RawWs(engine.port, f"/ws/chat?token={alice}") as tab1,
+            RawWs(engine.port, f"/ws/chat?token={alice}") as tab2,
+            RawWs(engine.port, f"/ws/chat?token={bob}") as other,
+        ):
+            assert tab1.status == tab2.status == other.status == 101
+            await worker.wait_requests(3)  # the three connects: the hub knows them
+            payload = b'{"type":"note","data":"for alice"}'
+            worker.send(m.Emit(payload=payload, user="alice"))
+            for tab in (tab1, tab2):
+                assert (await tab.recv_frame()).payload == payload
+            with pytest.raises(TimeoutError):
+                await other.recv_frame(timeout=0.3)
