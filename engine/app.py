@@ -8,7 +8,6 @@ transport: HTTP handlers return a ``Response``; WebSocket endpoints get a
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -144,10 +143,6 @@ class WebSocketEndpoint:
         calling this.
         """
         return None
-
-
-def is_async(func: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(func)
 
 
 class Routes:

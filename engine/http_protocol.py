@@ -236,13 +236,11 @@ class HttpProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return  # the client left before the answer was ready
-        body = b"" if request.method == "HEAD" else response.body
         headers = response.headers
-        if request.method == "HEAD":
-            headers = [*headers, ("content-length", str(len(response.body)))]
         if self._state.shutting_down:
             headers = [*headers, ("connection", "close")]
-        data = self._conn.respond(response.status, headers, body)
+        # HEAD: HttpConn sends the GET's content-length without the body.
+        data = self._conn.respond(response.status, headers, response.body)
         transport.write(data)
         self._state.metrics.count_request(response.status)
         if self._state.config.access_log:

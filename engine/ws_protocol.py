@@ -249,8 +249,6 @@ class WsProtocol(asyncio.Protocol):
         result = self._endpoint.on_connect(self)
         if result is not None:
             self._run(result)
-        # Frames that arrived with the upgrade request (h11's trailing_data).
-        self._handle_events()
 
     def data_received(self, data: bytes) -> None:
         self._last_rx = self._state.loop.time()

@@ -391,3 +391,22 @@ def test_no_raw_send_after_close() -> None:
     assert not conn.raw_allowed
     with pytest.raises(Exception, match="cannot send"):
         conn.send("late")
+
+
+def test_no_raw_frame_while_a_fragmented_message_is_half_sent() -> None:
+    from protocol import LocalProtocolError
+    from protocol.ws import OutboundMessage
+
+    conn = WsConn(Limits())
+    first = conn.send_fragment("hel", fin=False)
+    assert first[0] == 0x01  # TEXT, FIN clear
+    # RFC 6455 §5.4: nothing may interleave with the fragments of a message.
+    assert not conn.raw_allowed
+    with pytest.raises(LocalProtocolError):
+        conn.send("other")
+    with pytest.raises(LocalProtocolError):
+        conn.send_fragment(b"binary", fin=True)  # fragments share one type
+    last = conn.send_fragment("lo", fin=True)
+    assert last[0] == 0x80  # CONTINUATION, FIN set
+    assert conn.raw_allowed
+    assert conn.prepared(OutboundMessage(b"x"), None) == b"\x81\x01x"
