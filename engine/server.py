@@ -83,7 +83,9 @@ class Engine:
         """
         state = self.state
         message = prepare(data, state.limits.compression_threshold)
-        return fanout(message, list(state.ws_connections) if targets is None else targets)
+        # Iterating the live set is safe: queuing never removes a connection from it
+        # (a slow consumer is closed later, in connection_lost).
+        return fanout(message, state.ws_connections if targets is None else targets)
 
     # ------------------------------------------------------------ lifecycle
     @property
