@@ -261,6 +261,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="open WebSockets per client IPv4 address or IPv6 /64; beyond it 429 (0: no cap)",
     )
     p.add(
+        "--max-connections-per-user",
+        type=int,
+        default=d.max_connections_per_user,
+        help="open WebSockets per authenticated user; beyond it 429 TOO_MANY_CONNECTIONS "
+        "(0: no cap)",
+    )
+    p.add(
+        "--presence-grace",
+        type=float,
+        default=d.presence_grace,
+        help="seconds a user stays online after their last connection closes, so a quick "
+        "reconnect does not flap offline/online (0: offline at once)",
+    )
+    p.add(
         "--new-connections-per-ip",
         type=float,
         default=d.new_connections_per_ip,
@@ -353,6 +367,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ws_abuse_window=args.ws_abuse_window,
         max_connections=args.max_connections,
         max_connections_per_ip=args.max_connections_per_ip,
+        max_connections_per_user=args.max_connections_per_user,
+        presence_grace=args.presence_grace,
         new_connections_per_ip=args.new_connections_per_ip,
         new_connections_burst=args.new_connections_burst,
         ip_table_size=args.ip_table_size,

@@ -102,6 +102,11 @@ class Config:
     new_connections_burst: float = 40.0
     #: Addresses remembered without an open WebSocket (bounds the per-address table).
     ip_table_size: int = 65536
+    #: Open WebSockets per authenticated user, over every path (429 beyond); 0: no cap.
+    max_connections_per_user: int = 100
+    #: A user whose last connection closed stays online this long (seconds), so a
+    #: reload or a quick reconnect does not flap offline/online. 0: offline at once.
+    presence_grace: float = 5.0
 
     limits: Limits = field(default_factory=Limits)
     deflate: DeflateOptions = field(default_factory=DeflateOptions)
@@ -129,7 +134,14 @@ class Config:
         )
         for name, rate, burst in self.ws_type_limits:
             check_rate(f"ws_type_limits {name}", rate, burst)
-        for name in ("ws_abuse_limit", "max_connections", "max_connections_per_ip"):
+        if self.presence_grace < 0:
+            raise ValueError("presence_grace must not be negative")
+        for name in (
+            "ws_abuse_limit",
+            "max_connections",
+            "max_connections_per_ip",
+            "max_connections_per_user",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.ws_abuse_window <= 0:

@@ -288,6 +288,8 @@ class HttpProtocol(asyncio.Protocol):
                 self._respond(request, checked)
                 return
             identity = checked
+            if checked is not None and self._over_user_cap(request, checked.user_id):
+                return
         deflate = state.config.deflate if state.config.deflate.enabled else None
         outcome = validate_upgrade(request, deflate, endpoint.select_subprotocol)
         if isinstance(outcome, UpgradeRejected):
@@ -324,6 +326,23 @@ class HttpProtocol(asyncio.Protocol):
         proto.connection_made(transport)
         if trailing:
             proto.data_received(trailing)
+
+    def _over_user_cap(self, request: HttpRequest, user_id: str | None) -> bool:
+        """``max_connections_per_user``: refuse (429) one connection too many."""
+        state = self._state
+        cap = state.config.max_connections_per_user
+        if not cap or user_id is None or state.hub.connections_of(user_id) < cap:
+            return False
+        state.metrics.count_refused("per_user")
+        log.warning(
+            "refused WebSocket on %s for user %s: %d connections open (the cap)",
+            request.path,
+            user_id,
+            cap,
+        )
+        message = f"this user already has {cap} open connections (the limit)"
+        self._respond(request, Response.error(ErrorCode.TOO_MANY_CONNECTIONS, message))
+        return True
 
     def _refuse(self, request: HttpRequest, limiter: ConnectionLimiter, refusal: Refusal) -> None:
         """A connection cap refused the upgrade: 429/503 with retry-after, then close."""

@@ -7,11 +7,12 @@ emit to any room). The scale-out release puts a broker behind the same methods.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from protocol.ws import OutboundMessage
 
 from .fanout import fanout
+from .presence import Presence
 
 if TYPE_CHECKING:
     from .ws_protocol import WsProtocol
@@ -20,28 +21,45 @@ __all__ = ["Hub"]
 
 
 class Hub:
-    __slots__ = ("by_id", "rooms", "users")
+    __slots__ = ("by_id", "presence", "rooms", "users")
 
-    def __init__(self) -> None:
+    def __init__(self, presence: Presence | None = None) -> None:
         self.by_id: dict[int, WsProtocol] = {}
         self.rooms: dict[str, set[WsProtocol]] = {}
+        #: Every open connection of each authenticated user (all tabs, all paths).
         self.users: dict[str, set[WsProtocol]] = {}
+        #: Told when a user's first connection opens and their last one closes.
+        self.presence = presence
 
     # ------------------------------------------------------------ membership
     def add(self, ws: WsProtocol) -> None:
         self.by_id[ws.id] = ws
-        if ws.user_id is not None:
-            self.users.setdefault(ws.user_id, set()).add(ws)
+        user_id = ws.user_id
+        if user_id is not None:
+            tabs = self.users.get(user_id)
+            if tabs is None:
+                self.users[user_id] = {ws}
+                if self.presence is not None:
+                    self.presence.connected(user_id, _username(ws))
+            else:
+                tabs.add(ws)
+
+    def connections_of(self, user_id: str) -> int:
+        tabs = self.users.get(user_id)
+        return len(tabs) if tabs else 0
 
     def remove(self, ws: WsProtocol) -> list[str]:
         """Forget a closed connection; returns the rooms it was in."""
         self.by_id.pop(ws.id, None)
-        if ws.user_id is not None:
-            tabs = self.users.get(ws.user_id)
+        user_id = ws.user_id
+        if user_id is not None:
+            tabs = self.users.get(user_id)
             if tabs is not None:
                 tabs.discard(ws)
                 if not tabs:
-                    del self.users[ws.user_id]
+                    del self.users[user_id]
+                    if self.presence is not None:
+                        self.presence.disconnected(user_id)
         rooms = sorted(ws.rooms) if ws.rooms else []
         for room in rooms:
             self._discard(room, ws)
@@ -74,6 +92,23 @@ class Hub:
     def members(self, room: str) -> list[int]:
         return sorted(ws.id for ws in self.rooms.get(room, ()))
 
+    def room_presence(self, room: str) -> list[dict[str, Any]]:
+        """The users with a connection in ``room``: ``{userId, username, connections}``.
+
+        Anonymous connections are not users; ``members`` counts them.
+        """
+        found: dict[str, dict[str, Any]] = {}
+        for ws in self.rooms.get(room, ()):
+            user_id = ws.user_id
+            if user_id is None:
+                continue
+            entry = found.get(user_id)
+            if entry is None:
+                found[user_id] = {"userId": user_id, "username": _username(ws), "connections": 1}
+            else:
+                entry["connections"] += 1
+        return [found[user] for user in sorted(found)]
+
     # --------------------------------------------------------------- fan-out
     def emit(
         self,
@@ -103,3 +138,8 @@ class Hub:
             # Filtering costs only the excluded; the others pay nothing extra.
             targets = [ws for ws in targets if ws.id not in excluded]
         return fanout(message, targets)
+
+
+def _username(ws: WsProtocol) -> str | None:
+    name = ws.auth.get("username") if ws.auth else None
+    return name if isinstance(name, str) else None

@@ -212,6 +212,11 @@ class IpcProtocol(asyncio.Protocol):
             return m.Result(query.id, json=orjson.dumps(rooms))
         if query.what == "members" and query.room is not None:
             return m.Result(query.id, json=orjson.dumps(hub.members(query.room)))
+        if query.what == "presence" and query.room is not None:
+            return m.Result(query.id, json=orjson.dumps(hub.room_presence(query.room)))
+        if query.what == "online" and query.user is not None:
+            online = self._state.presence.is_online(query.user)
+            return m.Result(query.id, json=b"true" if online else b"false")
         return m.Result(
             query.id,
             error=m.ErrorInfo("BAD_REQUEST", f"cannot answer query {query.what!r}"),

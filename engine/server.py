@@ -27,6 +27,7 @@ from .fanout import fanout, prepare
 from .http_protocol import HttpProtocol
 from .ipc_server import start_ipc_server
 from .metrics import Metrics
+from .presence import PresenceListener
 from .services import mount_service
 from .state import ServerState
 from .supervisor import Supervisor
@@ -54,6 +55,7 @@ class Engine:
         self._supervisor: Supervisor | None = None
         self._state: ServerState | None = None
         self._stopped: asyncio.Event | None = None
+        self._presence_listeners: list[PresenceListener] = []
         for path in self.config.echo_paths:
             self.websocket(path, EchoEndpoint())
 
@@ -87,6 +89,24 @@ class Engine:
         # (a slow consumer is closed later, in connection_lost).
         return fanout(message, state.ws_connections if targets is None else targets)
 
+    def on_presence(self, listener: PresenceListener) -> PresenceListener:
+        """Call ``listener(user_id, username, online)`` when a user comes or goes.
+
+        Online at the user's first connection; offline once the last one has been
+        closed for ``Config.presence_grace`` seconds. Usable as a decorator.
+        """
+        self._presence_listeners.append(listener)
+        if self._state is not None:
+            self._state.presence.listeners.append(listener)
+        return listener
+
+    def is_online(self, user_id: str) -> bool:
+        return self.state.presence.is_online(user_id)
+
+    def room_presence(self, room: str) -> list[dict[str, object]]:
+        """The users in ``room``: ``[{userId, username, connections}]``."""
+        return self.state.hub.room_presence(room)
+
     # ------------------------------------------------------------ lifecycle
     @property
     def state(self) -> ServerState:
@@ -108,6 +128,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         self._state = state = ServerState(self.config, self.routes, loop, self.metrics)
         self._stopped = asyncio.Event()
+        state.presence.listeners.extend(self._presence_listeners)
         config = self.config
         state.registry = Registry(
             state,
@@ -190,6 +211,7 @@ class Engine:
                 with contextlib.suppress(OSError):
                     os.unlink(self.config.ipc_path)
         state.sweeper.close()
+        state.presence.close()
         self._server = None
         log.info("stopped in %.2fs", time.monotonic() - started)
         assert self._stopped is not None

@@ -12,6 +12,7 @@ from .auth import Authenticator
 from .config import Config
 from .hub import Hub
 from .metrics import Metrics
+from .presence import Presence
 from .ratelimit import ConnectionLimiter
 from .sweeper import Sweeper
 
@@ -69,7 +70,8 @@ class ServerState:
         self.metrics = metrics
         self.sweeper = Sweeper(loop, config.timer_resolution)
         self.corker = Corker(loop)
-        self.hub = Hub()
+        self.presence = Presence(loop, config.presence_grace)
+        self.hub = Hub(self.presence)
         #: Upgrade-time caps: open connections in all and per address, new ones per address.
         self.limiter = ConnectionLimiter(
             max_connections=config.max_connections,

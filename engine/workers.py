@@ -184,10 +184,11 @@ class ServiceEntry:
         return await future
 
     def notify(self, msg: Any) -> None:
-        """A one-way message (disconnect) to any live worker; dropped if none."""
+        """A one-way message (disconnect, presence) to a live worker; dropped if none."""
         live = self.live_workers()
         if live:
-            live[self._rr % len(live)].proto.send(msg)
+            with contextlib.suppress(LocalProtocolError):
+                live[self._rr % len(live)].proto.send(msg)
 
     def pump(self) -> None:
         """Move queued calls to workers that have room."""
@@ -239,6 +240,17 @@ class Registry:
         self.workers: dict[int, Worker] = {}
         self._next_worker = 0
         self._gone: asyncio.Event | None = None
+        state.presence.listeners.append(self.on_presence)
+
+    def on_presence(self, user_id: str, username: str | None, online: bool) -> None:
+        """Tell every service that asked for presence (one worker each)."""
+        note: m.Presence | None = None
+        for entry in self.services.values():
+            ws = entry.registration.ws
+            if ws is not None and ws.presence:
+                if note is None:
+                    note = m.Presence(user=user_id, online=online, username=username)
+                entry.notify(note)
 
     def new_worker(self, proto: IpcProtocol) -> Worker:
         self._next_worker += 1

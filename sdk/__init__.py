@@ -1,6 +1,16 @@
 """The Linkd service SDK: define a Service, run it against the engine over IPC."""
 
-from .context import AuthUser, Context, Emitter, Headers, HttpContext, Socket, WsContext, WsMessage
+from .context import (
+    AuthUser,
+    Context,
+    Emitter,
+    Headers,
+    HttpContext,
+    PresenceContext,
+    Socket,
+    WsContext,
+    WsMessage,
+)
 from .errors import (
     BadRequestError,
     ForbiddenError,
@@ -35,6 +45,7 @@ __all__ = [
     "Next",
     "NotFoundError",
     "OverloadedError",
+    "PresenceContext",
     "RateLimitedError",
     "Response",
     "Service",

@@ -24,6 +24,7 @@ __all__ = [
     "Headers",
     "HttpContext",
     "Link",
+    "PresenceContext",
     "Socket",
     "WsContext",
     "WsMessage",
@@ -39,7 +40,14 @@ class Link(Protocol):
     async def flush(self) -> None:
         """Wait while the socket's write buffer is above its high-water mark."""
 
-    async def query(self, what: str, *, conn: int | None = None, room: str | None = None) -> Any:
+    async def query(
+        self,
+        what: str,
+        *,
+        conn: int | None = None,
+        room: str | None = None,
+        user: str | None = None,
+    ) -> Any:
         """Ask the engine; returns the decoded JSON result."""
 
 
@@ -204,6 +212,18 @@ class Context:
         result = await self._link.query("members", room=room)
         return [str(c) for c in result or []]
 
+    async def presence(self, room: str) -> list[dict[str, Any]]:
+        """The users with a connection in ``room``: ``{userId, username, connections}``.
+
+        Anonymous connections are not listed (``members`` has every connection).
+        """
+        result = await self._link.query("presence", room=room)
+        return list(result or [])
+
+    async def is_online(self, user_id: str) -> bool:
+        """Whether ``user_id`` has a connection (or is within the presence grace period)."""
+        return bool(await self._link.query("online", user=user_id))
+
 
 @dataclass(frozen=True, slots=True)
 class Socket:
@@ -287,6 +307,20 @@ class WsContext(Context):
         """Close this client connection."""
         self._link.command(m.Close(conn=self.socket.conn, code=code, reason=reason))
         await self._link.flush()
+
+
+class PresenceContext(Context):
+    """Context of ``on_presence``: one user came online or went offline."""
+
+    __slots__ = ("online", "user_id", "username")
+
+    def __init__(self, service: Service, link: Link, note: m.Presence) -> None:
+        super().__init__(service, link, None)
+        self.user_id = note.user
+        self.username = note.username
+        #: True: the user's first connection opened. False: the last one closed and
+        #: the grace period passed without a new one.
+        self.online = note.online
 
 
 class HttpContext(Context):

@@ -7,7 +7,7 @@ import orjson
 from protocol.codes import ErrorCode
 from protocol.ipc import messages as m
 
-from .context import HttpContext, Link, Socket, WsContext, WsMessage
+from .context import HttpContext, Link, PresenceContext, Socket, WsContext, WsMessage
 from .errors import BadRequestError, InternalError, LinkdError, NotFoundError, UnauthorizedError
 from .response import UNSET, Response
 from .service import Service
@@ -122,3 +122,14 @@ async def handle_disconnect(service: Service, link: Link, note: m.Disconnect) ->
         await handler(ctx, note.code, list(note.rooms))
     except Exception:
         service.logger.exception("on_disconnect raised")
+
+
+async def handle_presence(service: Service, link: Link, note: m.Presence) -> None:
+    """Run on_presence(ctx); errors are only logged (nothing to answer)."""
+    handler = service.ws.presence_handler
+    if handler is None:
+        return
+    try:
+        await handler(PresenceContext(service, link, note))
+    except Exception:
+        service.logger.exception("on_presence raised")

@@ -209,6 +209,7 @@ class Service:
                 binary=opts.binary,
                 per_connection=opts.per_connection,
                 concurrent=sorted(router.concurrent),
+                presence=router.presence_handler is not None,
             )
         elif router.has_handlers:
             raise ValueError(

@@ -109,6 +109,10 @@ class EnginePeer:
         self.received: list[Any] = []
         #: Rooms per connection, from the worker's join/leave commands.
         self.rooms: dict[int, set[str]] = {}
+        #: The identity (``userId``, ``username``) of each ``connect``ed connection.
+        self.users: dict[int, tuple[str, str | None]] = {}
+        #: Users the ``online`` query reports online (``presence()`` keeps it current).
+        self.online: set[str] = set()
         #: The protocol error that ended the connection, if any.
         self.error: IpcProtocolError | None = None
         self._replies: dict[int, asyncio.Future[m.Reply]] = {}
@@ -180,6 +184,18 @@ class EnginePeer:
             value: Any = sorted(self.rooms.get(query.conn, ()))
         elif query.what == "members" and query.room is not None:
             value = sorted(c for c, rooms in self.rooms.items() if query.room in rooms)
+        elif query.what == "presence" and query.room is not None:
+            counts: dict[str, dict[str, Any]] = {}
+            for c, rooms in self.rooms.items():
+                if query.room in rooms and c in self.users:
+                    user, name = self.users[c]
+                    entry = counts.setdefault(
+                        user, {"userId": user, "username": name, "connections": 0}
+                    )
+                    entry["connections"] += 1
+            value = [counts[u] for u in sorted(counts)]
+        elif query.what == "online" and query.user is not None:
+            value = query.user in self.online
         else:
             info = m.ErrorInfo(code="BAD_REQUEST", message=f"bad query {query.what!r}")
             return m.Result(id=query.id, error=info)
@@ -268,6 +284,8 @@ class EnginePeer:
         remote: str | None = None,
         auth: Any = None,
     ) -> m.Reply:
+        if isinstance(auth, dict) and isinstance(auth.get("userId"), str):
+            self.users[conn] = (auth["userId"], auth.get("username"))
         return await self.request(
             lambda i: m.Connect(
                 id=i,
@@ -279,6 +297,14 @@ class EnginePeer:
                 auth=auth,
             )
         )
+
+    def presence(self, user: str, online: bool, username: str | None = None) -> None:
+        """Tell the worker ``user`` came online or went offline (a notification)."""
+        if online:
+            self.online.add(user)
+        else:
+            self.online.discard(user)
+        self.send(m.Presence(user=user, online=online, username=username))
 
     # --------------------------------------------------------------- waiting
     async def wait_for(self, predicate: Callable[[Any], bool]) -> Any:

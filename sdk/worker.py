@@ -22,7 +22,13 @@ from protocol.errors import LocalProtocolError
 from protocol.ipc import IpcConn, IpcProtocolError, IpcState, PeerFrameTooLarge, Role
 from protocol.ipc import messages as m
 
-from .dispatch import handle_connect, handle_disconnect, handle_http, handle_message
+from .dispatch import (
+    handle_connect,
+    handle_disconnect,
+    handle_http,
+    handle_message,
+    handle_presence,
+)
 from .errors import (
     InternalError,
     ServiceTimeoutError,
@@ -337,7 +343,9 @@ class Session:
             elif isinstance(msg, m.Connect):
                 worker.spawn(self._request(handle_connect(self.service, self, msg)))
             elif isinstance(msg, m.Disconnect):
-                worker.spawn(self._notification(msg))
+                worker.spawn(self._notification(handle_disconnect(self.service, self, msg)))
+            elif isinstance(msg, m.Presence):
+                worker.spawn(self._notification(handle_presence(self.service, self, msg)))
             elif isinstance(msg, m.Result):
                 future = self._queries.pop(msg.id, None)
                 if future is not None and not future.done():
@@ -368,9 +376,12 @@ class Session:
             handling.close()  # no-op once awaited; frees it if the slot wait was cancelled
         self.reply(reply)
 
-    async def _notification(self, note: m.Disconnect) -> None:
-        async with self.worker._slots:
-            await handle_disconnect(self.service, self, note)
+    async def _notification(self, handling: Coroutine[Any, Any, None]) -> None:
+        try:
+            async with self.worker._slots:
+                await handling
+        finally:
+            handling.close()  # no-op once awaited; frees it if the slot wait was cancelled
 
     async def _heartbeat(self) -> None:
         n = 0
@@ -456,13 +467,20 @@ class Session:
         except OSError:
             raise ServiceUnavailableError("connection to the engine lost") from None
 
-    async def query(self, what: str, *, conn: int | None = None, room: str | None = None) -> Any:
+    async def query(
+        self,
+        what: str,
+        *,
+        conn: int | None = None,
+        room: str | None = None,
+        user: str | None = None,
+    ) -> Any:
         self._query_ids += 1
         query_id = self._query_ids
         future: asyncio.Future[m.Result] = asyncio.get_running_loop().create_future()
         self._queries[query_id] = future
         try:
-            self.command(m.Query(id=query_id, what=what, conn=conn, room=room))
+            self.command(m.Query(id=query_id, what=what, conn=conn, room=room, user=user))
             async with asyncio.timeout(self.worker.query_timeout):
                 result = await future
         except TimeoutError:

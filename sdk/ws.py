@@ -9,7 +9,7 @@ from fnmatch import fnmatchcase
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
-from .context import WsContext
+from .context import PresenceContext, WsContext
 from .errors import UnauthorizedError, UnknownMessageTypeError
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "DisconnectHandler",
     "Middleware",
     "Next",
+    "PresenceHandler",
     "WsGroup",
     "WsHandler",
     "WsRouter",
@@ -29,6 +30,8 @@ WsHandler = Callable[[WsContext], Awaitable[Any]]
 ConnectHandler = Callable[[WsContext], Awaitable[Any]]
 #: ``async def on_disconnect(ctx, code, rooms)``: the close code and the rooms it was in.
 DisconnectHandler = Callable[[WsContext, int, list[str]], Awaitable[Any]]
+#: ``async def on_presence(ctx)``: ``ctx.user_id`` came online or went offline.
+PresenceHandler = Callable[[PresenceContext], Awaitable[Any]]
 Next = Callable[[], Awaitable[Any]]
 #: ``async def mw(ctx, next)``: code before ``await next()`` runs before the handler.
 Middleware = Callable[[WsContext, Next], Awaitable[Any]]
@@ -74,6 +77,7 @@ class WsRouter:
         self.catch_all: WsHandler | None = None
         self.connect_handler: ConnectHandler | None = None
         self.disconnect_handler: DisconnectHandler | None = None
+        self.presence_handler: PresenceHandler | None = None
         self._global: list[Middleware] = []
         self._scoped: list[tuple[str, Middleware]] = []
         self._chains: dict[str, list[Middleware]] = {}
@@ -125,6 +129,19 @@ class WsRouter:
         if self.disconnect_handler is not None:
             raise ValueError("on_disconnect is already set")
         self.disconnect_handler = fn
+        return fn
+
+    def on_presence(self, fn: F) -> F:
+        """``async def (ctx: PresenceContext)``: a user came online or went offline.
+
+        Online at the user's first connection to the engine (any tab, any path);
+        offline once the last one has been closed for the engine's presence grace
+        period. Each transition reaches one worker of the service, once.
+        """
+        _check_async(fn, "on_presence")
+        if self.presence_handler is not None:
+            raise ValueError("on_presence is already set")
+        self.presence_handler = fn
         return fn
 
     def use(self, pattern: str | Middleware, middleware: Middleware | None = None) -> None:

@@ -52,6 +52,7 @@ WORKER_RECEIVES: dict[str, type] = {
         m.Connect,
         m.Message,
         m.Disconnect,
+        m.Presence,
         m.Result,
         m.Ping,
         m.Pong,

@@ -26,6 +26,7 @@ __all__ = [
     "Message",
     "Ping",
     "Pong",
+    "Presence",
     "Query",
     "Registration",
     "Reject",
@@ -76,6 +77,8 @@ class WsRoute:
     #: Types whose handlers opted out of ordering: they run alongside the connection's
     #: other messages instead of waiting their turn (e.g. typing indicators).
     concurrent: list[str] = field(default_factory=list)
+    #: Whether the service wants ``presence`` notifications (users online/offline).
+    presence: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +191,17 @@ class Disconnect:
 
 
 @dataclass(frozen=True, slots=True)
+class Presence:
+    """A user came online (first connection) or went offline (last one closed and the
+    grace period passed). Notification: no reply."""
+
+    TYPE: ClassVar[str] = "presence"
+    user: str
+    online: bool
+    username: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Result:
     """Engine → worker: the answer to a ``Query`` (``data`` is JSON text)."""
 
@@ -254,7 +268,8 @@ class Close:
 class Query:
     """Worker → engine: ask for state; answered by a ``Result`` with the same id.
 
-    ``what``: ``"rooms"`` (of ``conn``) or ``"members"`` (connection ids in ``room``).
+    ``what``: ``"rooms"`` (of ``conn``), ``"members"`` (connection ids in ``room``),
+    ``"presence"`` (the users in ``room``) or ``"online"`` (whether ``user`` is online).
     """
 
     TYPE: ClassVar[str] = "query"
@@ -262,6 +277,7 @@ class Query:
     what: str
     conn: int | None = None
     room: str | None = None
+    user: str | None = None
 
 
 # ----------------------------------------------------------- both ways

@@ -7,6 +7,7 @@ start it: ``--service tests.helpers.services.demo``). WebSocket path ``/ws/demo`
 - on disconnect, ``demo.disconnected {socket, code, rooms}`` goes to room
   ``watch:<socket id>`` (a watcher joins it to observe) and is recorded for
   ``GET /demo/disconnects``;
+- presence changes go to room ``presence-watch`` as ``presence.changed``;
 - middleware (two global, two scoped to ``demo.*``, one scoped to ``other.*``) write
   their order into a per-request trace that ``demo.mw`` returns.
 """
@@ -23,6 +24,7 @@ from sdk import (
     ForbiddenError,
     HttpContext,
     NotFoundError,
+    PresenceContext,
     RateLimitedError,
     Service,
     ServiceUnavailableError,
@@ -137,6 +139,12 @@ async def on_disconnect(ctx: WsContext, code: int, rooms: list[str]) -> None:
     await ctx.to(f"watch:{ctx.socket.id}").emit("demo.disconnected", seen)
 
 
+@service.ws.on_presence
+async def on_presence(ctx: PresenceContext) -> None:
+    change = {"userId": ctx.user_id, "username": ctx.username, "online": ctx.online}
+    await ctx.to("presence-watch").emit("presence.changed", change)
+
+
 # ------------------------------------------------------------------- demo.* group
 with service.ws.group("demo") as ws:
 
@@ -182,6 +190,11 @@ with service.ws.group("demo") as ws:
     @ws.on("rooms")
     async def rooms(ctx: WsContext) -> Any:
         return await ctx.rooms()
+
+    @ws.on("presence")
+    async def presence(ctx: WsContext) -> Any:
+        d = ctx.data
+        return {"users": await ctx.presence(d["room"]), "online": await ctx.is_online(d["user"])}
 
     @ws.on("close")
     async def close(ctx: WsContext) -> Any:
