@@ -21,6 +21,7 @@ from .config import Config, parse_listen
 from .log import LEVELS, configure_logging
 from .ratelimit import parse_type_limit
 from .server import Engine
+from .slow import parse_rule
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
@@ -56,6 +57,12 @@ class _Parser(argparse.ArgumentParser):
             shown = "off" if not default else "on"
         help_text = f"{help} [default: {shown}; env: {' or '.join(names)}]"
         self.add_argument(flag, default=default, help=help_text, **kwargs)
+
+
+def _rule(spec: str) -> tuple[str, str]:
+    """``PATTERN=POLICY`` (checked: ValueError names the bad part)."""
+    pattern, policy = parse_rule(spec)
+    return pattern, policy.label
 
 
 def _size(value: str) -> int:
@@ -216,6 +223,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="unsent bytes after which a client is a slow consumer (1013)",
     )
     p.add(
+        "--slow-consumer",
+        default=d.slow_consumer,
+        choices=["disconnect", "drop_oldest", "conflate"],
+        help="what happens to a client that cannot keep up: close 1013, drop its oldest "
+        "waiting messages, or keep only the latest per target and event type",
+    )
+    p.add(
+        "--slow-consumer-path",
+        action="append",
+        metavar="PATH=POLICY",
+        help="the slow-consumer policy of one WebSocket path, e.g. /ws/feed=drop_oldest "
+        "(repeatable; env: comma-separated)",
+    )
+    p.add(
+        "--slow-consumer-event",
+        action="append",
+        metavar="TYPE=POLICY",
+        help="the policy of emitted events whose type matches (fnmatch), over the path's, "
+        "e.g. 'cursor.*=conflate' (repeatable; env: comma-separated)",
+    )
+    p.add(
         "--ws-rate",
         type=float,
         default=d.ws_rate,
@@ -331,6 +359,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         server_no_context_takeover=not args.allow_server_context_takeover,
     )
     type_limits = tuple(parse_type_limit(spec) for spec in args.ws_type_limit or ())
+    slow_paths = tuple(_rule(spec) for spec in args.slow_consumer_path or ())
+    slow_events = tuple(_rule(spec) for spec in args.slow_consumer_event or ())
     return Config(
         host=host,
         port=port,
@@ -363,6 +393,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ws_rate=args.ws_rate,
         ws_burst=args.ws_burst,
         ws_type_limits=type_limits,
+        slow_consumer=args.slow_consumer,
+        slow_consumer_paths=slow_paths,
+        slow_consumer_events=slow_events,
         ws_abuse_limit=args.ws_abuse_limit,
         ws_abuse_window=args.ws_abuse_window,
         max_connections=args.max_connections,

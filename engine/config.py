@@ -9,6 +9,7 @@ from protocol import Limits
 from protocol.ws import DeflateOptions
 
 from .ratelimit import check_rate
+from .slow import Policy, PolicyTable
 
 __all__ = ["Config", "parse_listen"]
 
@@ -104,6 +105,12 @@ class Config:
     ip_table_size: int = 65536
     #: Open WebSockets per authenticated user, over every path (429 beyond); 0: no cap.
     max_connections_per_user: int = 100
+    #: What happens to a connection that cannot keep up (engine/slow.py):
+    #: "disconnect" (1013), "drop_oldest" or "conflate"; per path and per event type
+    #: (fnmatch patterns) on top of the default.
+    slow_consumer: str = "disconnect"
+    slow_consumer_paths: tuple[tuple[str, str], ...] = ()
+    slow_consumer_events: tuple[tuple[str, str], ...] = ()
     #: A user whose last connection closed stays online this long (seconds), so a
     #: reload or a quick reconnect does not flap offline/online. 0: offline at once.
     presence_grace: float = 5.0
@@ -134,6 +141,7 @@ class Config:
         )
         for name, rate, burst in self.ws_type_limits:
             check_rate(f"ws_type_limits {name}", rate, burst)
+        self.slow_consumer_policies()  # raises ValueError on an unknown policy
         if self.presence_grace < 0:
             raise ValueError("presence_grace must not be negative")
         for name in (
@@ -148,6 +156,13 @@ class Config:
             raise ValueError("ws_abuse_window must be positive")
         if self.ip_table_size < 1:
             raise ValueError("ip_table_size must be at least 1")
+
+    def slow_consumer_policies(self) -> PolicyTable:
+        return PolicyTable(
+            Policy.parse(self.slow_consumer),
+            [(path, Policy.parse(name)) for path, name in self.slow_consumer_paths],
+            [(pattern, Policy.parse(name)) for pattern, name in self.slow_consumer_events],
+        )
 
     @property
     def version(self) -> str:

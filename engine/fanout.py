@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 from protocol.ws import OutboundMessage
 
+from .slow import Policy
 from .ws_protocol import WsProtocol
 
 __all__ = ["fanout", "prepare"]
@@ -31,10 +32,16 @@ def fanout(
     message: OutboundMessage,
     targets: Iterable[WsProtocol],
     exclude: WsProtocol | None = None,
+    policy: Policy | None = None,
+    key: str | None = None,
 ) -> int:
-    """Queue ``message`` to every target except ``exclude``; returns how many took it."""
+    """Queue ``message`` to every target except ``exclude``; returns how many took it.
+
+    ``policy``/``key``: the slow-consumer policy of this message's event type and its
+    conflation key (engine/slow.py); None: each connection's path policy applies.
+    """
     delivered = 0
     for ws in targets:
-        if ws is not exclude and ws.send_prepared(message):
+        if ws is not exclude and ws.send_prepared(message, policy, key):
             delivered += 1
     return delivered

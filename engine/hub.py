@@ -13,6 +13,7 @@ from protocol.ws import OutboundMessage
 
 from .fanout import fanout
 from .presence import Presence
+from .slow import PolicyTable
 
 if TYPE_CHECKING:
     from .ws_protocol import WsProtocol
@@ -21,15 +22,17 @@ __all__ = ["Hub"]
 
 
 class Hub:
-    __slots__ = ("by_id", "presence", "rooms", "users")
+    __slots__ = ("by_id", "presence", "rooms", "slow", "users")
 
-    def __init__(self, presence: Presence | None = None) -> None:
+    def __init__(self, presence: Presence | None = None, slow: PolicyTable | None = None) -> None:
         self.by_id: dict[int, WsProtocol] = {}
         self.rooms: dict[str, set[WsProtocol]] = {}
         #: Every open connection of each authenticated user (all tabs, all paths).
         self.users: dict[str, set[WsProtocol]] = {}
         #: Told when a user's first connection opens and their last one closes.
         self.presence = presence
+        #: Slow-consumer policies of event types (engine/slow.py).
+        self.slow = slow or PolicyTable()
 
     # ------------------------------------------------------------ membership
     def add(self, ws: WsProtocol) -> None:
@@ -119,25 +122,37 @@ class Hub:
         conn: int | None = None,
         everyone: bool = False,
         exclude: Iterable[int] = (),
+        event: str | None = None,
     ) -> int:
-        """Deliver to one target kind, minus ``exclude`` (connection ids)."""
+        """Deliver to one target kind, minus ``exclude`` (connection ids).
+
+        ``event``: the event type, for its slow-consumer policy and conflation key.
+        """
         targets: Iterable[WsProtocol]
         if room is not None:
             targets = self.rooms.get(room, ())
+            target = "r:" + room
         elif user is not None:
             targets = self.users.get(user, ())
+            target = "u:" + user
         elif conn is not None:
             ws = self.by_id.get(conn)
             targets = (ws,) if ws is not None else ()
+            target = "c"
         elif everyone:
             targets = self.by_id.values()
+            target = "*"
         else:
             return 0
-        excluded = set(exclude)
-        if excluded:
+        if exclude:
+            excluded = set(exclude)
             # Filtering costs only the excluded; the others pay nothing extra.
             targets = [ws for ws in targets if ws.id not in excluded]
-        return fanout(message, targets)
+        policy = key = None
+        if event is not None and self.slow.lossy:
+            policy = self.slow.for_event(event)
+            key = target + "\x00" + event
+        return fanout(message, targets, None, policy, key)
 
 
 def _username(ws: WsProtocol) -> str | None:

@@ -163,6 +163,7 @@ class IpcProtocol(asyncio.Protocol):
                 conn=msg.conn,
                 everyone=msg.everyone,
                 exclude=msg.exclude,
+                event=msg.event,
             )
         elif isinstance(msg, m.Join):
             ws = hub.by_id.get(msg.conn)

@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .slow import Policy
+
 __all__ = ["Metrics"]
 
 
@@ -28,7 +30,12 @@ class Metrics(Collector):
         self.ws_messages_out = 0
         self.ws_bytes_in = 0
         self.ws_closes: dict[int, int] = {}
+        #: Connections closed with 1013 (the disconnect policy).
         self.slow_consumers = 0
+        #: Slow-consumer episodes by policy (a lossy policy counts once per episode).
+        self.slow_consumer_events: dict[str, int] = {}
+        #: Messages a lossy policy dropped (drop_oldest) or replaced (conflate).
+        self.shed_messages: dict[str, int] = {}
         self.dropped_messages = 0
         #: Inbound WebSocket messages refused by a rate limit (not handled).
         self.ws_rate_limited = 0
@@ -44,6 +51,14 @@ class Metrics(Collector):
 
     def count_close(self, code: int) -> None:
         self.ws_closes[code] = self.ws_closes.get(code, 0) + 1
+
+    def count_slow_consumer(self, policy: Policy) -> None:
+        label = policy.label
+        self.slow_consumer_events[label] = self.slow_consumer_events.get(label, 0) + 1
+
+    def count_shed(self, policy: Policy) -> None:
+        label = policy.label
+        self.shed_messages[label] = self.shed_messages.get(label, 0) + 1
 
     def count_refused(self, reason: str) -> None:
         self.ws_refused[reason] = self.ws_refused.get(reason, 0) + 1
@@ -81,6 +96,22 @@ class Metrics(Collector):
             "Connections closed with 1013 because their outbound buffer passed its cap",
             value=self.slow_consumers,
         )
+        events = CounterMetricFamily(
+            "linkd_slow_consumer_events",
+            "Slow-consumer policy firings, by policy (lossy ones once per episode)",
+            labels=["policy"],
+        )
+        for label, n in sorted(self.slow_consumer_events.items()):
+            events.add_metric([label], n)
+        yield events
+        shed = CounterMetricFamily(
+            "linkd_shed_messages",
+            "Messages dropped (drop_oldest) or replaced by a newer one (conflate)",
+            labels=["policy"],
+        )
+        for label, n in sorted(self.shed_messages.items()):
+            shed.add_metric([label], n)
+        yield shed
         yield CounterMetricFamily(
             "linkd_dropped_messages",
             "Messages not delivered because the connection was closing or too slow",

@@ -70,8 +70,10 @@ class ServerState:
         self.metrics = metrics
         self.sweeper = Sweeper(loop, config.timer_resolution)
         self.corker = Corker(loop)
+        #: Slow-consumer policies by path and event type.
+        self.slow = config.slow_consumer_policies()
         self.presence = Presence(loop, config.presence_grace)
-        self.hub = Hub(self.presence)
+        self.hub = Hub(self.presence, self.slow)
         #: Upgrade-time caps: open connections in all and per address, new ones per address.
         self.limiter = ConnectionLimiter(
             max_connections=config.max_connections,

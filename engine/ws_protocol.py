@@ -35,6 +35,7 @@ from protocol.ws import (
 )
 
 from .ratelimit import TokenBucket
+from .slow import Policy
 
 if TYPE_CHECKING:
     from .app import WebSocketEndpoint
@@ -56,6 +57,8 @@ class WsProtocol(asyncio.Protocol):
 
     __slots__ = (
         "_address_slot",
+        "_backlog",
+        "_backlog_bytes",
         "_bucket",
         "_buckets",
         "_busy",
@@ -66,15 +69,19 @@ class WsProtocol(asyncio.Protocol):
         "_endpoint",
         "_expires_at",
         "_inbox",
+        "_keyed",
         "_last_rx",
+        "_lossy",
         "_out",
         "_out_bytes",
         "_paused",
         "_ping_payload",
+        "_policy",
         "_pong_deadline",
         "_received_close",
         "_rejected",
         "_rejected_until",
+        "_shed",
         "_state",
         "_transport",
         "_write_ready",
@@ -145,6 +152,15 @@ class WsProtocol(asyncio.Protocol):
         self._rejected_until = 0.0  # loop time the abuse window ends
         #: The per-address slot this connection holds (released when it closes).
         self._address_slot: tuple[ConnectionLimiter, str | None] | None = None
+        # Slow-consumer policy (engine/slow.py). Lossy connections hold messages in an
+        # engine-side backlog while the transport is above its high-water mark.
+        slow = state.slow
+        self._policy = slow.for_path(request.path)
+        self._lossy = slow.lossy
+        self._backlog: deque[_Held] | None = None
+        self._backlog_bytes = 0
+        self._keyed: dict[str, _Held] | None = None  # conflate: the held message per key
+        self._shed = 0  # messages dropped or replaced in the current slow episode
 
     def authenticate(self, identity: Identity) -> None:
         """Attach a verified token (before ``connection_made``: the hub indexes users)."""
@@ -174,12 +190,22 @@ class WsProtocol(asyncio.Protocol):
         if not self._conn.raw_allowed or self._closed:
             self._state.metrics.dropped_messages += 1
             return False
-        self._queue(self._conn.send(data))
+        frame = self._conn.send(data)
+        if self._lossy:
+            self._queue_message(frame, self._policy, None)
+        else:
+            self._queue(frame)
         self._state.metrics.ws_messages_out += 1
         return True
 
-    def send_prepared(self, message: OutboundMessage) -> bool:
-        """Queue a pre-built message (the fan-out path: encoded once for everyone)."""
+    def send_prepared(
+        self, message: OutboundMessage, policy: Policy | None = None, key: str | None = None
+    ) -> bool:
+        """Queue a pre-built message (the fan-out path: encoded once for everyone).
+
+        ``policy`` overrides the path's slow-consumer policy for this message (an
+        event-type rule); ``key`` is its conflation key (target and event type).
+        """
         if not self._conn.raw_allowed or self._closed:
             self._state.metrics.dropped_messages += 1
             return False
@@ -187,7 +213,11 @@ class WsProtocol(asyncio.Protocol):
         shared = None
         if deflate is not None and deflate.shared_key is not None:
             shared = self._state.shared_deflater(deflate.shared_key)
-        self._queue(self._conn.prepared(message, shared))
+        frame = self._conn.prepared(message, shared)
+        if self._lossy:
+            self._queue_message(frame, self._policy if policy is None else policy, key)
+        else:
+            self._queue(frame)
         self._state.metrics.ws_messages_out += 1
         return True
 
@@ -195,6 +225,8 @@ class WsProtocol(asyncio.Protocol):
         """Start the closing handshake; TCP is dropped if the peer does not answer."""
         if self._closed:
             return
+        if self._backlog is not None and code != CloseCode.TRY_AGAIN_LATER:
+            self._release(force=True)  # held messages go before the close frame
         frame = self._conn.close(code, reason)
         if not frame:
             return
@@ -266,6 +298,9 @@ class WsProtocol(asyncio.Protocol):
         self._closed = True
         self.deadline = math.inf
         self._out = None
+        if self._backlog is not None:
+            self._state.metrics.dropped_messages += len(self._backlog)
+            self._backlog = self._keyed = None
         self._conn.release()
         self._state.ws_connections.discard(self)
         self.left_rooms = self._state.hub.remove(self)
@@ -295,6 +330,8 @@ class WsProtocol(asyncio.Protocol):
         if self._write_ready is not None:
             self._write_ready.set()
         self._resume(_PAUSE_WRITE)
+        if self._backlog is not None:
+            self._release()
 
     # ------------------------------------------------------------- inbound
     def _handle_events(self) -> None:
@@ -489,24 +526,139 @@ class WsProtocol(asyncio.Protocol):
             transport.write(out[0])
         else:
             transport.writelines(out)
+        if self._backlog is not None:
+            self._release()  # not paused by that write: the next chunk, next iteration
 
     def _slow_consumer(self) -> None:
         """Over the outbound cap: drop what is corked, say 1013, give it time to read."""
         metrics = self._state.metrics
         metrics.slow_consumers += 1
+        metrics.count_slow_consumer(Policy.DISCONNECT)
         if self._out:
             metrics.dropped_messages += len(self._out)
             self._out = None  # still registered with the corker: flush() sees None
             self._out_bytes = 0
+        if self._backlog is not None:
+            metrics.dropped_messages += len(self._backlog)
+            self._backlog = self._keyed = None
         log.warning(
-            "ws %d: slow consumer on %s from %s: closing with 1013",
+            "ws %d: slow consumer on %s from %s, user %s: closing with 1013",
             self.id,
             self.request.path,
-            self.remote,
+            self.remote[0] if self.remote else "-",
+            self.user_id or "-",
         )
         # The close frame goes behind what the kernel already holds; the peer sees
         # it if it ever reads again, and TCP is dropped after close_timeout if not.
         self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer")
+
+    # ------------------------------------------------- lossy slow consumers
+    def _queue_message(self, frame: bytes, policy: Policy, key: str | None) -> None:
+        """A data message on a connection whose policies may drop: hold it while the
+        transport is above its high-water mark (engine/slow.py), else cork it."""
+        transport = self._transport
+        if transport is None:
+            return
+        if (
+            self._backlog is None
+            and transport.get_write_buffer_size() + self._out_bytes
+            <= self._state.limits.write_high_water
+        ):
+            self._queue(frame)
+            return
+        self._hold(frame, policy, key)
+
+    def _hold(self, frame: bytes, policy: Policy, key: str | None) -> None:
+        backlog = self._backlog
+        if backlog is None:
+            backlog = self._backlog = deque()
+        if policy is Policy.CONFLATE and key is not None:
+            keyed = self._keyed
+            if keyed is None:
+                keyed = self._keyed = {}
+            held = keyed.get(key)
+            if held is not None and self._paused & _PAUSE_WRITE:
+                # Backed up (the transport is over its high-water mark): the newer value
+                # takes the older one's place in line. Not merely busy: a burst to a
+                # client that keeps up is delivered whole.
+                self._backlog_bytes += len(frame) - len(held.frame)
+                held.frame = frame
+                self._state.metrics.count_shed(Policy.CONFLATE)
+                self._fired(Policy.CONFLATE)
+                return
+            held = keyed[key] = _Held(frame, policy, key)
+        else:
+            held = _Held(frame, policy, None)
+        backlog.append(held)
+        self._backlog_bytes += len(frame)
+        transport = self._transport
+        assert transport is not None
+        limit = self._state.limits.max_outbound_bytes
+        while self._backlog_bytes + transport.get_write_buffer_size() > limit and backlog:
+            oldest = backlog[0]
+            if oldest.policy is Policy.DISCONNECT:
+                # It may not be lost, and it cannot be delivered in time.
+                self._slow_consumer()
+                return
+            backlog.popleft()
+            self._forget(oldest)
+            self._state.metrics.count_shed(oldest.policy)
+            self._state.metrics.dropped_messages += 1
+            self._fired(oldest.policy)
+        if self._out is None:
+            # Nothing corked, so no flush is coming to move the backlog along.
+            self._release()
+
+    def _forget(self, held: _Held) -> None:
+        self._backlog_bytes -= len(held.frame)
+        if held.key is not None and self._keyed is not None and self._keyed.get(held.key) is held:
+            del self._keyed[held.key]
+
+    def _release(self, force: bool = False) -> None:
+        """Move held messages to the cork: at least one when the transport is not
+        paused, then more while it stays under its high-water mark (``force``: all)."""
+        backlog = self._backlog
+        transport = self._transport
+        if backlog is None or transport is None:
+            return
+        if not force and self._paused & _PAUSE_WRITE:
+            return  # resume_writing calls again
+        high = self._state.limits.write_high_water
+        first = True
+        while backlog and (
+            force or first or transport.get_write_buffer_size() + self._out_bytes <= high
+        ):
+            first = False
+            held = backlog.popleft()
+            self._forget(held)
+            self._queue(held.frame)
+            if self._backlog is None:
+                return  # _queue found the connection over its cap and closed it
+        if not backlog:
+            self._backlog = self._keyed = None
+            self._backlog_bytes = 0
+            if self._shed:
+                log.info(
+                    "ws %d user %s: caught up after %d messages dropped or conflated",
+                    self.id,
+                    self.user_id or "-",
+                    self._shed,
+                )
+                self._shed = 0
+
+    def _fired(self, policy: Policy) -> None:
+        """A lossy policy dropped or replaced a message: one event and log line per episode."""
+        if not self._shed:
+            self._state.metrics.count_slow_consumer(policy)
+            log.warning(
+                "ws %d: slow consumer on %s from %s, user %s: %s (kept open)",
+                self.id,
+                self.request.path,
+                self.remote[0] if self.remote else "-",
+                self.user_id or "-",
+                policy.label,
+            )
+        self._shed += 1
 
     # -------------------------------------------------------- flow control
     def _pause(self, reason: int) -> None:
@@ -574,6 +726,17 @@ class WsProtocol(asyncio.Protocol):
         self._queue(self._conn.ping(self._ping_payload))
         self._pong_deadline = now + config.heartbeat_timeout
         self._set_deadline(self._pong_deadline)
+
+
+class _Held:
+    """A message waiting in a lossy connection's backlog."""
+
+    __slots__ = ("frame", "key", "policy")
+
+    def __init__(self, frame: bytes, policy: Policy, key: str | None) -> None:
+        self.frame = frame
+        self.policy = policy
+        self.key = key
 
 
 def _reset(transport: asyncio.Transport) -> None:

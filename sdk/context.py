@@ -155,6 +155,7 @@ class Emitter:
                 conn=self._conn,
                 everyone=self._everyone,
                 exclude=list(self._exclude),
+                event=event,
             )
         )
         await self._link.flush()

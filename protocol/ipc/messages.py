@@ -254,6 +254,9 @@ class Emit:
     conn: int | None = None
     everyone: bool = False
     exclude: list[int] = field(default_factory=list)
+    #: The event's type (``chat.message``): selects its slow-consumer policy and, with
+    #: the target, its conflation key.
+    event: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

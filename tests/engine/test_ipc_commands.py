@@ -19,6 +19,7 @@ from engine import Engine
 from protocol.ipc import messages as m
 from tests.helpers.fake_worker import FakeWorker, reply_json, short_socket_path
 from tests.helpers.http_client import RawHttp
+from tests.helpers.raw_ws import RawWs
 from tests.helpers.server import running_engine
 
 pytestmark = pytest.mark.asyncio
@@ -345,3 +346,34 @@ async def test_disconnect_comes_after_the_replies_of_that_connection(ipc_path: s
         release.set()
         note = await worker.next_notification()
         assert note == m.Disconnect(conn=a.conn, code=1000, rooms=["r"])
+
+
+async def test_emit_event_type_selects_its_slow_consumer_policy(ipc_path: str) -> None:
+    # The SDK sends the event type with each emit; a `price.*=conflate` rule applies to
+    # those emits only, keyed by target + type.
+    async with setup(
+        ipc_path,
+        slow_consumer_events=(("price.*", "conflate"),),
+        limits={"write_high_water": 16 * 1024, "max_outbound_bytes": 256 * 1024},
+    ) as (engine, worker, stack):
+        raw = await stack.enter_async_context(RawWs(engine.port, "/ws/rooms", rcvbuf=4096))
+        raw.send_text('{"type": "join", "data": "AAPL", "id": 1}')
+        assert orjson.loads((await raw.recv_frame()).payload)["id"] == 1
+        (proto,) = engine.state.ws_connections
+        raw.pause_reading()
+        pad = "x" * 2000
+        n = 0
+        while engine.metrics.shed_messages.get("conflate", 0) < 50 and n < 20_000:
+            for _ in range(100):
+                payload = event("price.tick", {"seq": n, "pad": pad})
+                worker.send(m.Emit(payload, room="AAPL", event="price.tick"))
+                n += 1
+            await barrier(worker)
+        assert engine.metrics.shed_messages["conflate"] >= 50
+        assert not proto.closed and engine.metrics.slow_consumers == 0
+        raw.resume_reading()
+        seqs = []
+        while not seqs or seqs[-1] != n - 1:
+            seqs.append(orjson.loads((await raw.recv_frame()).payload)["data"]["seq"])
+        assert seqs == sorted(set(seqs))  # one key: strictly in order
+        assert len(seqs) + engine.metrics.shed_messages["conflate"] == n

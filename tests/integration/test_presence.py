@@ -36,9 +36,7 @@ async def test_presence_across_tabs_reaches_the_service_once_each_way(
             async with Client.open(engine.port, path("u-carol", "Carol")) as tab2:
                 await tab2.call("demo.join", {"room": "general"})
                 await tab1.call("demo.join", {"room": "general"})
-                answer = await watcher.call(
-                    "demo.presence", {"room": "general", "user": "u-carol"}
-                )
+                answer = await watcher.call("demo.presence", {"room": "general", "user": "u-carol"})
                 assert answer == {
                     "users": [{"userId": "u-carol", "username": "Carol", "connections": 2}],
                     "online": True,
