@@ -6,6 +6,7 @@ emit to any room). The scale-out release puts a broker behind the same methods.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -16,15 +17,23 @@ from .presence import Presence
 from .slow import PolicyTable
 
 if TYPE_CHECKING:
+    from .metrics import Metrics
+    from .state import Corker
     from .ws_protocol import WsProtocol
 
 __all__ = ["Hub"]
 
 
 class Hub:
-    __slots__ = ("by_id", "presence", "rooms", "slow", "users")
+    __slots__ = ("_corker", "_metrics", "by_id", "presence", "rooms", "slow", "users")
 
-    def __init__(self, presence: Presence | None = None, slow: PolicyTable | None = None) -> None:
+    def __init__(
+        self,
+        presence: Presence | None = None,
+        slow: PolicyTable | None = None,
+        metrics: Metrics | None = None,
+        corker: Corker | None = None,
+    ) -> None:
         self.by_id: dict[int, WsProtocol] = {}
         self.rooms: dict[str, set[WsProtocol]] = {}
         #: Every open connection of each authenticated user (all tabs, all paths).
@@ -33,6 +42,8 @@ class Hub:
         self.presence = presence
         #: Slow-consumer policies of event types (engine/slow.py).
         self.slow = slow or PolicyTable()
+        self._metrics = metrics
+        self._corker = corker
 
     # ------------------------------------------------------------ membership
     def add(self, ws: WsProtocol) -> None:
@@ -128,6 +139,7 @@ class Hub:
 
         ``event``: the event type, for its slow-consumer policy and conflation key.
         """
+        started = time.perf_counter()
         targets: Iterable[WsProtocol]
         if room is not None:
             targets = self.rooms.get(room, ())
@@ -152,7 +164,14 @@ class Hub:
         if event is not None and self.slow.lossy:
             policy = self.slow.for_event(event)
             key = target + "\x00" + event
-        return fanout(message, targets, None, policy, key)
+        delivered = fanout(message, targets, None, policy, key)
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.fanout_publishes += 1
+            metrics.fanout_deliveries += delivered
+            if delivered and self._corker is not None:
+                self._corker.published(started)
+        return delivered
 
 
 def _username(ws: WsProtocol) -> str | None:

@@ -8,15 +8,63 @@ is too much to pay per delivered frame.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from .slow import Policy
 
-__all__ = ["Metrics"]
+__all__ = ["Histogram", "Metrics"]
+
+#: Seconds: fan-out (publish → last write) and IPC round trips live in 10 µs - 1 s.
+LATENCY_BUCKETS = (
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
+
+
+class Histogram:
+    """Counts per bucket, without a lock (one event loop observes)."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float] = LATENCY_BUCKETS) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out, total = [], 0
+        for bound, n in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
+            total += n
+            out.append((bound, float(total)))
+        return out
 
 
 class Metrics(Collector):
@@ -25,6 +73,19 @@ class Metrics(Collector):
     def __init__(self) -> None:
         self.http_open = 0
         self.ws_open = 0
+        #: Open WebSockets by mounted path (404 keeps unknown paths out: bounded).
+        self.ws_open_by_path: dict[str, int] = {}
+        #: Bytes on the wire, frames included (compressed size when compressed).
+        self.ws_bytes_out = 0
+        #: Emits / broadcasts, the connections they were queued to, and the time from
+        #: the publish reaching the engine to the end of the write of its last frame.
+        self.fanout_publishes = 0
+        self.fanout_deliveries = 0
+        self.fanout_latency = Histogram()
+        #: Request → reply round trips to service workers, by service.
+        self.ipc_latency: dict[str, Histogram] = {}
+        #: Live workers by service (set by the engine: read at scrape time).
+        self.workers_source: Callable[[], dict[str, int]] | None = None
         self.http_requests: dict[int, int] = {}
         self.ws_messages_in = 0
         self.ws_messages_out = 0
@@ -45,6 +106,12 @@ class Metrics(Collector):
         self.ws_refused: dict[str, int] = {"per_ip": 0, "rate": 0, "global": 0}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
+
+    def observe_ipc(self, service: str, seconds: float) -> None:
+        histogram = self.ipc_latency.get(service)
+        if histogram is None:
+            histogram = self.ipc_latency[service] = Histogram()
+        histogram.observe(seconds)
 
     def count_request(self, status: int) -> None:
         self.http_requests[status] = self.http_requests.get(status, 0) + 1
@@ -68,6 +135,12 @@ class Metrics(Collector):
         conns.add_metric(["http"], self.http_open)
         conns.add_metric(["websocket"], self.ws_open)
         yield conns
+        by_path = GaugeMetricFamily(
+            "linkd_ws_connections", "Open WebSocket connections by path", labels=["path"]
+        )
+        for path, n in sorted(self.ws_open_by_path.items()):
+            by_path.add_metric([path], n)
+        yield by_path
         reqs = CounterMetricFamily(
             "linkd_http_requests", "HTTP responses sent, by status", labels=["status"]
         )
@@ -78,8 +151,43 @@ class Metrics(Collector):
             "linkd_ws_messages_received", "WebSocket messages received", value=self.ws_messages_in
         )
         yield CounterMetricFamily(
-            "linkd_ws_bytes_received", "WebSocket message bytes received", value=self.ws_bytes_in
+            "linkd_ws_bytes_received",
+            "WebSocket bytes received on the wire (frames, as sent: compressed when so)",
+            value=self.ws_bytes_in,
         )
+        yield CounterMetricFamily(
+            "linkd_ws_bytes_sent",
+            "WebSocket bytes written to the wire (frames, compressed when so)",
+            value=self.ws_bytes_out,
+        )
+        yield CounterMetricFamily(
+            "linkd_fanout_publishes",
+            "Emits and broadcasts (one per publish, whatever the number of recipients)",
+            value=self.fanout_publishes,
+        )
+        yield CounterMetricFamily(
+            "linkd_fanout_deliveries",
+            "Messages queued to connections by emits and broadcasts",
+            value=self.fanout_deliveries,
+        )
+        yield _histogram(
+            "linkd_fanout_latency_seconds",
+            "From a publish reaching the engine to the write of its last frame",
+            [((), self.fanout_latency)],
+        )
+        yield _histogram(
+            "linkd_ipc_request_latency_seconds",
+            "Round trip of a request to a service worker, by service",
+            [((name,), h) for name, h in sorted(self.ipc_latency.items())],
+            labels=["service"],
+        )
+        workers = GaugeMetricFamily(
+            "linkd_service_workers", "Live workers by service", labels=["service"]
+        )
+        if self.workers_source is not None:
+            for name, n in sorted(self.workers_source().items()):
+                workers.add_metric([name], n)
+        yield workers
         yield CounterMetricFamily(
             "linkd_ws_messages_sent",
             "WebSocket messages queued to clients",
@@ -138,3 +246,15 @@ class Metrics(Collector):
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _histogram(
+    name: str,
+    documentation: str,
+    series: list[tuple[tuple[str, ...], Histogram]],
+    labels: list[str] | None = None,
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, documentation, labels=labels or [])
+    for values, histogram in series:
+        family.add_metric(list(values), histogram.cumulative(), histogram.sum)
+    return family

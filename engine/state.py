@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Protocol
 
 from protocol.ws import SharedDeflater
@@ -11,7 +12,7 @@ from .app import Routes
 from .auth import Authenticator
 from .config import Config
 from .hub import Hub
-from .metrics import Metrics
+from .metrics import Histogram, Metrics
 from .presence import Presence
 from .ratelimit import ConnectionLimiter
 from .sweeper import Sweeper
@@ -37,15 +38,25 @@ class Corker:
     delay; a busy one turns N deliveries to a connection into one system call.
     """
 
-    __slots__ = ("_loop", "_pending", "_scheduled")
+    __slots__ = ("_latency", "_loop", "_pending", "_published", "_scheduled")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, latency: Histogram | None = None) -> None:
         self._loop = loop
         self._pending: list[Flushable] = []
         self._scheduled = False
+        #: perf_counter() of each publish queued during this iteration.
+        self._published: list[float] = []
+        self._latency = latency
 
     def add(self, proto: Flushable) -> None:
         self._pending.append(proto)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def published(self, started: float) -> None:
+        """A publish queued its frames: observe its latency when they are written."""
+        self._published.append(started)
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self.flush)
@@ -55,6 +66,12 @@ class Corker:
         pending, self._pending = self._pending, []
         for proto in pending:
             proto.flush()
+        if self._published:
+            published, self._published = self._published, []
+            if self._latency is not None:
+                now = time.perf_counter()
+                for started in published:
+                    self._latency.observe(now - started)
 
 
 class ServerState:
@@ -69,11 +86,11 @@ class ServerState:
         self.loop = loop
         self.metrics = metrics
         self.sweeper = Sweeper(loop, config.timer_resolution)
-        self.corker = Corker(loop)
+        self.corker = Corker(loop, metrics.fanout_latency)
         #: Slow-consumer policies by path and event type.
         self.slow = config.slow_consumer_policies()
         self.presence = Presence(loop, config.presence_grace)
-        self.hub = Hub(self.presence, self.slow)
+        self.hub = Hub(self.presence, self.slow, metrics, self.corker)
         #: Upgrade-time caps: open connections in all and per address, new ones per address.
         self.limiter = ConnectionLimiter(
             max_connections=config.max_connections,

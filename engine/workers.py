@@ -179,9 +179,13 @@ class ServiceEntry:
             self.queue.append(call)
         else:
             worker.send_call(call)
-        call.deadline = registry.state.loop.time() + registry.request_timeout
+        started = registry.state.loop.time()
+        call.deadline = started + registry.request_timeout
         registry.state.sweeper.schedule(call)
-        return await future
+        try:
+            return await future
+        finally:
+            registry.state.metrics.observe_ipc(self.name, registry.state.loop.time() - started)
 
     def notify(self, msg: Any) -> None:
         """A one-way message (disconnect, presence) to a live worker; dropped if none."""
@@ -241,6 +245,11 @@ class Registry:
         self._next_worker = 0
         self._gone: asyncio.Event | None = None
         state.presence.listeners.append(self.on_presence)
+        state.metrics.workers_source = self.live_workers
+
+    def live_workers(self) -> dict[str, int]:
+        """Live (not draining) workers by service: the ``linkd_service_workers`` gauge."""
+        return {name: len(entry.live_workers()) for name, entry in self.services.items()}
 
     def on_presence(self, user_id: str, username: str | None, online: bool) -> None:
         """Tell every service that asked for presence (one worker each)."""

@@ -274,7 +274,10 @@ class WsProtocol(asyncio.Protocol):
         transport.set_write_buffer_limits(limits.write_high_water, limits.write_low_water)
         self._state.ws_connections.add(self)
         self._state.hub.add(self)
-        self._state.metrics.ws_open += 1
+        metrics = self._state.metrics
+        metrics.ws_open += 1
+        by_path = metrics.ws_open_by_path
+        by_path[self.request.path] = by_path.get(self.request.path, 0) + 1
         self._last_rx = self._state.loop.time()
         self._arm_heartbeat(self._last_rx)
         log.debug("ws %d open %s from %s", self.id, self.request.path, self.remote)
@@ -284,6 +287,7 @@ class WsProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_rx = self._state.loop.time()
+        self._state.metrics.ws_bytes_in += len(data)
         self._conn.receive_data(data)
         self._handle_events()
 
@@ -305,6 +309,7 @@ class WsProtocol(asyncio.Protocol):
         self._state.ws_connections.discard(self)
         self.left_rooms = self._state.hub.remove(self)
         self._state.metrics.ws_open -= 1
+        self._state.metrics.ws_open_by_path[self.request.path] -= 1
         if self._address_slot is not None:
             limiter, key = self._address_slot
             self._address_slot = None
@@ -518,10 +523,11 @@ class WsProtocol(asyncio.Protocol):
         if out is None:
             return
         self._out = None
-        self._out_bytes = 0
+        size, self._out_bytes = self._out_bytes, 0
         transport = self._transport
         if transport is None or self._closed or transport.is_closing():
             return
+        self._state.metrics.ws_bytes_out += size
         if len(out) == 1:
             transport.write(out[0])
         else:

@@ -117,7 +117,7 @@ async def handle_disconnect(service: Service, link: Link, note: m.Disconnect) ->
     handler = service.ws.disconnect_handler
     if handler is None:
         return
-    ctx = WsContext(service, link, None, Socket(id=str(note.conn), conn=note.conn))
+    ctx = WsContext(service, link, note.auth, Socket(id=str(note.conn), conn=note.conn))
     try:
         await handler(ctx, note.code, list(note.rooms))
     except Exception:

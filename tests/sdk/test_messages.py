@@ -317,7 +317,7 @@ async def test_connect_and_disconnect_handlers() -> None:
 
     @service.ws.on_disconnect
     async def disconnected(ctx: WsContext, code: int, rooms: list[str]) -> None:
-        events.append(("disconnect", ctx.socket.id, code, rooms))
+        events.append(("disconnect", ctx.socket.id, code, rooms, ctx.user and ctx.user.id))
         await ctx.to("everyone").emit("left", ctx.socket.id)
 
     async with running(service) as run:
@@ -348,10 +348,10 @@ async def test_connect_and_disconnect_handlers() -> None:
         reply = await run.peer.connect(5, query="room=closed")
         assert reply.error == m.ErrorInfo("FORBIDDEN", "room closed")
 
-        run.peer.send(m.Disconnect(conn=4, code=1001, rooms=["everyone"]))
+        run.peer.send(m.Disconnect(conn=4, code=1001, rooms=["everyone"], auth=AUTH))
         emit = await run.peer.wait_type(m.Emit)
         assert payload(emit) == {"type": "left", "data": "4"}
-        assert events[-1] == ("disconnect", "4", 1001, ["everyone"])
+        assert events[-1] == ("disconnect", "4", 1001, ["everyone"], "u1")  # who it was
 
 
 async def test_requests_run_concurrently_up_to_the_service_concurrency() -> None:
