@@ -18,6 +18,11 @@ echo "== mypy"
 .venv/bin/mypy
 echo "== import boundaries"
 .venv/bin/python scripts/check_imports.py
+echo "== chromium (for the chat page's browser test)"
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+        >/dev/null || echo "could not install chromium: the browser test will be skipped"
+fi
 echo "== pytest"
 # Exit code 5 ("no tests collected") is a failure like any other non-zero code.
 .venv/bin/python -m pytest "$@"
