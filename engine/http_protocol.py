@@ -91,7 +91,8 @@ class HttpProtocol(asyncio.Protocol):
         self._transport = transport
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
-            self.remote = (str(peer[0]), int(peer[1]))
+            # IPv4's (host, port) as it is; IPv6's 4-tuple trimmed.
+            self.remote = peer if len(peer) == 2 else (str(peer[0]), int(peer[1]))
         limits = self._state.limits
         transport.set_write_buffer_limits(limits.write_high_water, limits.write_low_water)
         self._state.http_connections.add(self)

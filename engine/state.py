@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import ValuesView
 from typing import TYPE_CHECKING, Protocol
 
 from protocol.ws import SharedDeflater
@@ -110,12 +111,16 @@ class ServerState:
         #: Services and workers (set by Engine.start).
         self.registry: Registry
         self.http_connections: set[HttpProtocol] = set()
-        self.ws_connections: set[WsProtocol] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.shutting_down = False
         self._idle: asyncio.Event | None = None
         self._deflaters: dict[int, SharedDeflater] = {}
         self._next_id = 0
+
+    @property
+    def ws_connections(self) -> ValuesView[WsProtocol]:
+        """Every open WebSocket (a live view of the hub's index: no second copy)."""
+        return self.hub.by_id.values()
 
     @property
     def busy(self) -> bool:

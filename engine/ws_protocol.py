@@ -120,8 +120,8 @@ class WsProtocol(asyncio.Protocol):
         self.user_id: str | None = None
         #: Rooms this connection is in (owned by the Hub; None until the first join).
         self.rooms: set[str] | None = None
-        #: The rooms it was in when it closed (for on_disconnect).
-        self.left_rooms: list[str] = []
+        #: The rooms it was in when it closed (for on_disconnect); shared until then.
+        self.left_rooms: list[str] = _NO_ROOMS
         # Loop time at which the connection's token expires (inf: no token or no check).
         self._expires_at = math.inf
         self.deadline = math.inf
@@ -140,13 +140,9 @@ class WsProtocol(asyncio.Protocol):
         self._closed = False
         self._disconnect_code: int | None = None
         self._write_ready: asyncio.Event | None = None
-        config = state.config
-        # Inbound message rate (token bucket on the loop clock; None: no limit).
-        self._bucket = (
-            TokenBucket(config.ws_rate, config.ws_burst, state.loop.time())
-            if config.ws_rate > 0
-            else None
-        )
+        # Inbound message rate (token bucket on the loop clock), created full at the
+        # first message: an idle connection does not pay for one. None: not yet.
+        self._bucket: TokenBucket | None = None
         self._buckets: dict[str, TokenBucket] | None = None  # named limits, on first use
         self._rejected = 0  # refused messages in the current abuse window
         self._rejected_until = 0.0  # loop time the abuse window ends
@@ -272,7 +268,6 @@ class WsProtocol(asyncio.Protocol):
         self._transport = transport
         limits = self._state.limits
         transport.set_write_buffer_limits(limits.write_high_water, limits.write_low_water)
-        self._state.ws_connections.add(self)
         self._state.hub.add(self)
         metrics = self._state.metrics
         metrics.ws_open += 1
@@ -306,7 +301,6 @@ class WsProtocol(asyncio.Protocol):
             self._state.metrics.dropped_messages += len(self._backlog)
             self._backlog = self._keyed = None
         self._conn.release()
-        self._state.ws_connections.discard(self)
         self.left_rooms = self._state.hub.remove(self)
         self._state.metrics.ws_open -= 1
         self._state.metrics.ws_open_by_path[self.request.path] -= 1
@@ -385,6 +379,10 @@ class WsProtocol(asyncio.Protocol):
         metrics = self._state.metrics
         metrics.ws_messages_in += 1
         bucket = self._bucket
+        if bucket is None:
+            config = self._state.config
+            if config.ws_rate > 0:
+                bucket = self._bucket = TokenBucket(config.ws_rate, config.ws_burst, self._last_rx)
         # Before the inbox: a flooding client cannot fill it. _last_rx is this read's time.
         if bucket is not None:
             wait = bucket.take(self._last_rx)
@@ -732,6 +730,10 @@ class WsProtocol(asyncio.Protocol):
         self._queue(self._conn.ping(self._ping_payload))
         self._pong_deadline = now + config.heartbeat_timeout
         self._set_deadline(self._pong_deadline)
+
+
+#: The ``left_rooms`` of every open connection (never mutated: replaced at close).
+_NO_ROOMS: list[str] = []
 
 
 class _Held:

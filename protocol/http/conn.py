@@ -211,22 +211,23 @@ class HttpConn:
         assert req is not None
         self._pending = None
         self._state = HttpState.RESPONDING
-        target = req.target.decode("latin-1")
-        path, _, query = target.partition("?")
-        headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in req.headers)
+        path, _, query = req.target.decode("latin-1").partition("?")
+        # h11 lower-cases names and refuses NUL in names and values: NUL separates.
+        raw_headers = b"\x00".join(k + b"\x00" + v for k, v in req.headers)
         upgrade = None
         for name, value in req.headers:
             if name == b"upgrade":
                 upgrade = value.decode("latin-1").strip().lower()
+                if upgrade == "websocket":
+                    upgrade = "websocket"  # one shared string, not one per connection
         body = b"".join(self._body)
         self._body = []
         return HttpRequest(
             method=req.method.decode("ascii"),
-            target=target,
             path=path,
             query=query,
             http_version=req.http_version.decode("ascii"),
-            headers=headers,
+            raw_headers=raw_headers,
             body=body,
             upgrade=upgrade,
         )

@@ -88,8 +88,10 @@ class WsConn:
         self._proto = FrameProtocol(False, [self._guard])
         self._eof = False
         self._state = WsState.OPEN
-        self._outgoing: list[bytes] = []
-        self._parts: list[str | bytes] = []
+        # Created on first use: most idle connections never owe a frame or receive a
+        # fragmented message, and an empty list costs 56 bytes.
+        self._outgoing: list[bytes] | None = None
+        self._parts: list[str | bytes] | None = None
         self._text = False
         self._fragmenting = False
         if trailing_data:
@@ -118,8 +120,8 @@ class WsConn:
     def release(self) -> None:
         """Drop buffers and the inflater once the connection is gone."""
         self._guard.release()
-        self._parts = []
-        self._outgoing = []
+        self._parts = None
+        self._outgoing = None
         self._state = WsState.CLOSED
 
     # ---------------------------------------------------------------- inbound
@@ -148,18 +150,27 @@ class WsConn:
                     if self._state is not WsState.OPEN:
                         continue  # §1.4: data after our close frame is discarded.
                     data = cast(str | bytes | bytearray, frame.payload)
-                    self._parts.append(data if isinstance(data, str) else bytes(data))
-                    if frame.message_finished:
-                        parts, self._parts = self._parts, []
-                        if opcode is WsOpcode.TEXT:
-                            yield TextMessage("".join(parts))  # type: ignore[arg-type]
+                    part = data if isinstance(data, str) else bytes(data)
+                    parts = self._parts
+                    if not frame.message_finished:
+                        if parts is None:
+                            self._parts = [part]
                         else:
-                            yield BinaryMessage(b"".join(parts))  # type: ignore[arg-type]
+                            parts.append(part)
+                        continue
+                    if parts is not None:
+                        parts.append(part)
+                        self._parts = None
+                        part = "".join(parts) if opcode is WsOpcode.TEXT else b"".join(parts)  # type: ignore[arg-type]
+                    if opcode is WsOpcode.TEXT:
+                        yield TextMessage(part)  # type: ignore[arg-type]
+                    else:
+                        yield BinaryMessage(part)  # type: ignore[arg-type]
                 elif opcode is WsOpcode.PING:
                     payload = bytes(frame.payload)  # type: ignore[arg-type]
                     if self._state is WsState.OPEN:
                         # §5.5.3: answer with a pong carrying the same application data.
-                        self._outgoing.append(encode_frame(Opcode.PONG, payload))
+                        self._owe(encode_frame(Opcode.PONG, payload))
                     yield PingReceived(payload)
                 elif opcode is WsOpcode.PONG:
                     yield PongReceived(bytes(frame.payload))  # type: ignore[arg-type]
@@ -175,31 +186,37 @@ class WsConn:
             # "If _The WebSocket Connection is Closed_ and no Close control frame was
             # received ... _The WebSocket Connection Close Code_ is considered to be
             # 1006" (§7.1.5).
-            self._parts = []
+            self._parts = None
             self._state = WsState.CLOSED
             yield PeerClosed(CloseCode.ABNORMAL, "")
 
+    def _owe(self, frame: bytes) -> None:
+        if self._outgoing is None:
+            self._outgoing = [frame]
+        else:
+            self._outgoing.append(frame)
+
     def _on_close(self, code: int, reason: str) -> WsEvent:
-        self._parts = []
+        self._parts = None
         if self._state is WsState.OPEN:
             # A close frame while open: echo its code (§5.5.1); 1005 means "no code",
             # answered with an empty close frame.
-            self._outgoing.append(encode_close(None if code == CloseCode.NO_STATUS else code))
+            self._owe(encode_close(None if code == CloseCode.NO_STATUS else code))
         self._state = WsState.CLOSED
         return PeerClosed(code, reason)
 
     def _fail(self, code: int, reason: str) -> WsEvent:
         """§7.1.7 Fail the WebSocket Connection: our close frame, then drop TCP."""
-        self._parts = []
+        self._parts = None
         if self._state is WsState.OPEN:
-            self._outgoing.append(encode_close(code, _public_reason(code)))
+            self._owe(encode_close(code, _public_reason(code)))
         self._state = WsState.CLOSED
         return ConnectionFailed(code, reason)
 
     def data_to_send(self) -> list[bytes]:
         """Bytes owed to the peer because of received frames (pongs, close replies)."""
-        out, self._outgoing = self._outgoing, []
-        return out
+        out, self._outgoing = self._outgoing, None
+        return out if out is not None else []
 
     # --------------------------------------------------------------- outbound
     def send(self, data: str | bytes) -> bytes:

@@ -39,14 +39,11 @@ def request(
     if ws_version is not None:
         headers.append(("sec-websocket-version", ws_version))
     headers += extra
-    return HttpRequest(
-        method=method,
-        target="/chat",
-        path="/chat",
-        query="",
+    return HttpRequest.build(
+        method,
+        "/chat",
+        headers,
         http_version=version,
-        headers=tuple(headers),
-        body=b"",
         upgrade=upgrade.lower() if upgrade else None,
     )
 
