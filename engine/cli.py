@@ -296,6 +296,18 @@ def build_parser() -> argparse.ArgumentParser:
         "(0: no cap)",
     )
     p.add(
+        "--history-size",
+        type=int,
+        default=d.history_size,
+        help="events kept per room or user stream for reconnecting clients (0: none)",
+    )
+    p.add(
+        "--history-ttl",
+        type=float,
+        default=d.history_ttl,
+        help="seconds an event stays recoverable",
+    )
+    p.add(
         "--presence-grace",
         type=float,
         default=d.presence_grace,
@@ -402,6 +414,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_connections_per_ip=args.max_connections_per_ip,
         max_connections_per_user=args.max_connections_per_user,
         presence_grace=args.presence_grace,
+        history_size=args.history_size,
+        history_ttl=args.history_ttl,
         new_connections_per_ip=args.new_connections_per_ip,
         new_connections_burst=args.new_connections_burst,
         ip_table_size=args.ip_table_size,

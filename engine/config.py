@@ -111,6 +111,10 @@ class Config:
     slow_consumer: str = "disconnect"
     slow_consumer_paths: tuple[tuple[str, str], ...] = ()
     slow_consumer_events: tuple[tuple[str, str], ...] = ()
+    #: Recovery history (docs/recovery.md): events kept per room or user stream, and
+    #: for how long (seconds). 0 events: numbered but not kept (nothing recoverable).
+    history_size: int = 1000
+    history_ttl: float = 300.0
     #: A user whose last connection closed stays online this long (seconds), so a
     #: reload or a quick reconnect does not flap offline/online. 0: offline at once.
     presence_grace: float = 5.0
@@ -142,6 +146,8 @@ class Config:
         for name, rate, burst in self.ws_type_limits:
             check_rate(f"ws_type_limits {name}", rate, burst)
         self.slow_consumer_policies()  # raises ValueError on an unknown policy
+        if self.history_size < 0 or self.history_ttl <= 0:
+            raise ValueError("history_size must not be negative and history_ttl positive")
         if self.presence_grace < 0:
             raise ValueError("presence_grace must not be negative")
         for name in (

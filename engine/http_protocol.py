@@ -14,6 +14,7 @@ import logging
 import math
 from collections.abc import Awaitable
 from typing import cast
+from urllib.parse import parse_qsl
 
 import orjson
 
@@ -31,6 +32,7 @@ from protocol.ws import WsConn
 
 from .app import Request, Response, error_body
 from .auth import authenticate
+from .history import RecoverRequest, parse_recover
 from .ratelimit import ConnectionLimiter, Refusal, address_key
 from .router import MethodNotAllowed
 from .state import ServerState
@@ -291,6 +293,13 @@ class HttpProtocol(asyncio.Protocol):
             identity = checked
             if checked is not None and self._over_user_cap(request, checked.user_id):
                 return
+        recover = None
+        if "recover=" in request.query:
+            try:
+                recover = _recover_positions(request.query)
+            except ValueError as exc:
+                self._respond(request, Response.error(ErrorCode.BAD_REQUEST, str(exc)))
+                return
         deflate = state.config.deflate if state.config.deflate.enabled else None
         outcome = validate_upgrade(request, deflate, endpoint.select_subprotocol)
         if isinstance(outcome, UpgradeRejected):
@@ -311,6 +320,7 @@ class HttpProtocol(asyncio.Protocol):
         proto = WsProtocol(state, endpoint, ws_conn, request, self.remote, outcome.subprotocol)
         if identity is not None:
             proto.authenticate(identity)
+        proto.recover = recover
         if limiter.tracks_addresses:
             limiter.opened(address, state.loop.time())
             proto._address_slot = (limiter, address)  # released by its connection_lost
@@ -402,3 +412,11 @@ class HttpProtocol(asyncio.Protocol):
         """Engine shutdown: idle connections close now; busy ones after their response."""
         if self._conn.state in (HttpState.IDLE, HttpState.READING, HttpState.READING_BODY):
             self._close()
+
+
+def _recover_positions(query: str) -> RecoverRequest | None:
+    """The ``recover`` query parameter (docs/recovery.md); ValueError when malformed."""
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name == "recover":
+            return parse_recover(value)
+    return None

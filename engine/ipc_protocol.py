@@ -18,7 +18,6 @@ import orjson
 from protocol import LocalProtocolError
 from protocol.ipc import IpcConn, IpcError, IpcProtocolError, Role
 from protocol.ipc import messages as m
-from protocol.ws import OutboundMessage
 
 if TYPE_CHECKING:
     from .state import ServerState
@@ -151,13 +150,8 @@ class IpcProtocol(asyncio.Protocol):
             targets = (msg.room, msg.user, msg.conn)
             if sum(t is not None for t in targets) + msg.everyone != 1:
                 raise IpcProtocolError(IpcError.BAD_FIELD, "emit needs exactly one target")
-            message = OutboundMessage(
+            hub.publish(
                 msg.payload,
-                text=True,
-                compression_threshold=self._state.limits.compression_threshold,
-            )
-            hub.emit(
-                message,
                 room=msg.room,
                 user=msg.user,
                 conn=msg.conn,

@@ -84,6 +84,9 @@ class Metrics(Collector):
         self.fanout_latency = Histogram()
         #: Request → reply round trips to service workers, by service.
         self.ipc_latency: dict[str, Histogram] = {}
+        #: Recovery verdicts by outcome, and the missed events they replayed.
+        self.recoveries: dict[str, int] = {}
+        self.recovered_events = 0
         #: Live workers by service (set by the engine: read at scrape time).
         self.workers_source: Callable[[], dict[str, int]] | None = None
         self.http_requests: dict[int, int] = {}
@@ -112,6 +115,11 @@ class Metrics(Collector):
         if histogram is None:
             histogram = self.ipc_latency[service] = Histogram()
         histogram.observe(seconds)
+
+    def count_recovery(self, recovered: bool, events: int) -> None:
+        outcome = "complete" if recovered else "incomplete"
+        self.recoveries[outcome] = self.recoveries.get(outcome, 0) + 1
+        self.recovered_events += events
 
     def count_request(self, status: int) -> None:
         self.http_requests[status] = self.http_requests.get(status, 0) + 1
@@ -180,6 +188,19 @@ class Metrics(Collector):
             "Round trip of a request to a service worker, by service",
             [((name,), h) for name, h in sorted(self.ipc_latency.items())],
             labels=["service"],
+        )
+        recoveries = CounterMetricFamily(
+            "linkd_recoveries",
+            "Stream recoveries of reconnecting clients, by outcome (complete, incomplete)",
+            labels=["outcome"],
+        )
+        for outcome, n in sorted(self.recoveries.items()):
+            recoveries.add_metric([outcome], n)
+        yield recoveries
+        yield CounterMetricFamily(
+            "linkd_recovered_events",
+            "Missed events replayed to reconnecting clients",
+            value=self.recovered_events,
         )
         workers = GaugeMetricFamily(
             "linkd_service_workers", "Live workers by service", labels=["service"]

@@ -216,8 +216,7 @@ class Engine:
             if self.config.ipc_path:
                 with contextlib.suppress(OSError):
                     os.unlink(self.config.ipc_path)
-        state.sweeper.close()
-        state.presence.close()
+        state.close()
         self._server = None
         log.info("stopped in %.2fs", time.monotonic() - started)
         assert self._stopped is not None

@@ -12,6 +12,7 @@ from protocol.ws import SharedDeflater
 from .app import Routes
 from .auth import Authenticator
 from .config import Config
+from .history import StreamHistory
 from .hub import Hub
 from .metrics import Histogram, Metrics
 from .presence import Presence
@@ -91,7 +92,16 @@ class ServerState:
         #: Slow-consumer policies by path and event type.
         self.slow = config.slow_consumer_policies()
         self.presence = Presence(loop, config.presence_grace)
-        self.hub = Hub(self.presence, self.slow, metrics, self.corker)
+        self.history = StreamHistory(config.history_size, config.history_ttl, loop.time)
+        self.hub = Hub(
+            self.presence,
+            self.slow,
+            metrics,
+            self.corker,
+            self.history,
+            config.limits.compression_threshold,
+        )
+        self._prune_timer: asyncio.TimerHandle | None = loop.call_later(60.0, self._prune)
         #: Upgrade-time caps: open connections in all and per address, new ones per address.
         self.limiter = ConnectionLimiter(
             max_connections=config.max_connections,
@@ -116,6 +126,18 @@ class ServerState:
         self._idle: asyncio.Event | None = None
         self._deflaters: dict[int, SharedDeflater] = {}
         self._next_id = 0
+
+    def _prune(self) -> None:
+        self.history.prune()
+        self._prune_timer = self.loop.call_later(60.0, self._prune)
+
+    def close(self) -> None:
+        """Stop the state's own timers (the engine stopped)."""
+        if self._prune_timer is not None:
+            self._prune_timer.cancel()
+            self._prune_timer = None
+        self.sweeper.close()
+        self.presence.close()
 
     @property
     def ws_connections(self) -> ValuesView[WsProtocol]:

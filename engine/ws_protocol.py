@@ -40,6 +40,7 @@ from .slow import Policy
 if TYPE_CHECKING:
     from .app import WebSocketEndpoint
     from .auth import Identity
+    from .history import RecoverRequest
     from .ratelimit import ConnectionLimiter
     from .state import ServerState
 
@@ -89,6 +90,7 @@ class WsProtocol(asyncio.Protocol):
         "deadline",
         "id",
         "left_rooms",
+        "recover",
         "remote",
         "request",
         "rooms",
@@ -118,6 +120,8 @@ class WsProtocol(asyncio.Protocol):
         #: The verified identity (``userId``, ``username``, ``roles``, ``claims``) or None.
         self.auth: dict[str, Any] | None = None
         self.user_id: str | None = None
+        #: Stream positions to recover (``?recover=``), consumed as the rooms are joined.
+        self.recover: RecoverRequest | None = None
         #: Rooms this connection is in (owned by the Hub; None until the first join).
         self.rooms: set[str] | None = None
         #: The rooms it was in when it closed (for on_disconnect); shared until then.

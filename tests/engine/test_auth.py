@@ -266,6 +266,9 @@ async def test_emit_to_a_user_reaches_every_tab_of_that_user_only(tmp_path: Path
             payload = b'{"type":"note","data":"for alice"}'
             worker.send(m.Emit(payload=payload, user="alice"))
             for tab in (tab1, tab2):
-                assert (await tab.recv_frame()).payload == payload
+                got = orjson.loads((await tab.recv_frame()).payload)
+                # The user's own stream numbers it (docs/recovery.md).
+                assert {k: got.pop(k) for k in ("user", "seq")} == {"user": "alice", "seq": 1}
+                assert got.pop("epoch") and got == orjson.loads(payload)
             with pytest.raises(TimeoutError):
                 await other.recv_frame(timeout=0.3)

@@ -60,6 +60,8 @@ class Client:
         self.ws = ws
         self.conn = conn
         self._next_id = 100
+        #: ``(room or "@user", seq, epoch)`` of each numbered event received, in order.
+        self.positions: list[tuple[str, int, str]] = []
 
     async def request(self, message_type: str, data: Any = None) -> Any:
         """Send with an id; return the ack (the next frame must be it)."""
@@ -71,7 +73,12 @@ class Client:
         return ack
 
     async def recv(self, timeout: float = 2.0) -> Any:  # noqa: ASYNC109
-        return orjson.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+        """The next frame, with a room event's position moved to ``self.positions``."""
+        frame = orjson.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+        if "seq" in frame:
+            stream = frame.pop("room", None) or "@" + frame.pop("user")
+            self.positions.append((stream, frame.pop("seq"), frame.pop("epoch")))
+        return frame
 
 
 @asynccontextmanager
@@ -283,6 +290,7 @@ async def test_thousand_messages_in_order(ipc_path: str) -> None:
         acks, events = await asyncio.gather(acks_task, events_task)
         assert acks == [{"id": i, "type": "relay", "data": i} for i in range(n)]
         assert events == [{"type": "relay", "data": i} for i in range(n)]
+        assert [seq for _, seq, _ in watcher.positions] == list(range(1, n + 1))
         relayed = [r for r in worker.requests if isinstance(r, m.Message) and r.type == "relay"]
         assert [orjson.loads(r.json)["data"] for r in relayed] == list(range(n))
 

@@ -179,7 +179,9 @@ async def test_on_connect_joins_room_and_announces(engine: EngineProcess) -> Non
         async with Client.open(engine.port) as second:
             second_id = (await second.call("demo.whoami"))["socket"]
             joined = await first.event("user.joined")
-            assert joined == {"type": "user.joined", "data": {"socket": second_id}}
+            # A room event: numbered in the room's stream (docs/recovery.md).
+            assert joined["type"] == "user.joined" and joined["data"] == {"socket": second_id}
+            assert joined["room"] == "lobby" and joined["seq"] >= 1 and joined["epoch"]
             assert await second.call("demo.rooms") == ["lobby"]
             assert await first.call("demo.rooms") == ["lobby"]
             # The newcomer is excluded from its own announcement.
