@@ -20,6 +20,15 @@
  * `url` may be a function (sync or async): it is called before every attempt, so a
  * page can fetch a fresh token there. States: "connecting", "open",
  * "reconnecting" (detail: {delay, attempt, code}), "closed" (after close()).
+ *
+ * Recovery (docs/recovery.md): the client remembers the [epoch, seq] of the last
+ * event it received per room (events carrying room/seq/epoch) and for its user stream
+ * (user/seq/epoch), and reconnects with them in the `recover` query parameter, so the
+ * engine replays what was missed, then sends a `linkd.recovered` verdict per stream.
+ * Verdicts reach listeners like any event and `onRecovered(fn)`:
+ * fn({kind: "room" | "user", name}, recovered, data). recovered false: events may be
+ * missing, fetch that stream's history. A duplicate (seq at or before the position,
+ * same epoch) is dropped and counted in `stats.duplicates`. Requests are never resent.
  */
 (function (root) {
   "use strict";
@@ -38,7 +47,39 @@
     maxDelay: 15000, // ms, the ceiling of the doubling
     jitter: 0.3, // each delay is multiplied by a random factor in [1 - j, 1 + j]
     requestTimeout: 10000, // ms before a request without an ack rejects with TIMEOUT
+    recover: true, // send positions on reconnection (the `recover` query parameter)
   };
+  //: Seqs remembered past a gap per stream, waiting for a recovery to fill it.
+  const MAX_AHEAD = 1024;
+
+  // The last event received on one stream; it advances only to the next seq or to a
+  // new epoch. Past a gap it stays put (the next recovery asks for the gap) and
+  // remembers what it saw, to drop it when it is replayed.
+  function see(cursor, epoch, seq) {
+    if (epoch !== cursor.epoch) {
+      Object.assign(cursor, { epoch, seq, ahead: new Set() });
+      return "next";
+    }
+    if (seq <= cursor.seq || cursor.ahead.has(seq)) return "duplicate";
+    if (seq !== cursor.seq + 1) {
+      const newHole = !cursor.ahead.has(seq - 1);
+      cursor.ahead.add(seq);
+      if (cursor.ahead.size > MAX_AHEAD) {
+        Object.assign(cursor, { seq: Math.max(...cursor.ahead), ahead: new Set() });
+      }
+      return newHole ? "gap" : "ahead";
+    }
+    cursor.seq = seq;
+    while (cursor.ahead.delete(cursor.seq + 1)) cursor.seq += 1;
+    return "next";
+  }
+
+  function base64url(text) {
+    const bytes = new TextEncoder().encode(text);
+    let binary = "";
+    for (const b of bytes) binary += String.fromCharCode(b);
+    return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  }
 
   class LinkdClient {
     constructor(options) {
@@ -52,6 +93,13 @@
       this.listeners = new Map(); // event type (or "*") -> Set of functions
       this.stateListeners = new Set();
       if (this.options.onState) this.stateListeners.add(this.options.onState);
+      this.recoveredListeners = new Set();
+      if (this.options.onRecovered) this.recoveredListeners.add(this.options.onRecovered);
+      this.rooms = new Map(); // room -> {epoch, seq, ahead}
+      this.user = null; // {name, epoch, seq, ahead}
+      this.recovering = null; // the positions sent with the current connection
+      this.everOpened = false;
+      this.stats = { events: 0, duplicates: 0, gaps: 0, reconnects: 0, recovered: 0, notRecovered: 0 };
       this.stopped = false;
       this.opening = false;
       this.retryTimer = null;
@@ -86,6 +134,26 @@
     onState(fn) {
       this.stateListeners.add(fn);
       return () => this.stateListeners.delete(fn);
+    }
+
+    /** Listen for recovery verdicts: fn(stream, recovered, data). Returns an unsubscriber. */
+    onRecovered(fn) {
+      this.recoveredListeners.add(fn);
+      return () => this.recoveredListeners.delete(fn);
+    }
+
+    /** {rooms: {room: [epoch, seq]}, user?: [epoch, seq]}: what a reconnection asks for. */
+    positions() {
+      const rooms = {};
+      for (const [room, c] of this.rooms) rooms[room] = [c.epoch, c.seq];
+      const body = { rooms };
+      if (this.user) body.user = [this.user.epoch, this.user.seq];
+      return body;
+    }
+
+    /** Drop a room's position (after leaving it: there is nothing to recover there). */
+    forget(room) {
+      this.rooms.delete(room);
     }
 
     get connected() {
@@ -133,11 +201,22 @@
       }
       this.opening = false;
       if (this.stopped) return;
+      const positions = this.positions();
+      const asks = this.options.recover && (this.user || this.rooms.size > 0);
+      this.recovering = asks ? positions : null;
+      if (asks) {
+        const u = new URL(url, typeof location !== "undefined" ? location.href : undefined);
+        u.searchParams.set("recover", base64url(JSON.stringify(positions)));
+        url = u.toString();
+      }
+      const reconnection = this.everOpened;
       const ws = new WebSocket(url);
       this.ws = ws;
       ws.onopen = () => {
         if (ws !== this.ws) return;
         this.attempt = 0;
+        this.everOpened = true;
+        if (reconnection) this.stats.reconnects += 1;
         this._setState("open");
       };
       ws.onmessage = (msg) => {
@@ -184,8 +263,64 @@
         }
         return;
       }
+      if (!this._track(frame)) return;
+      if (frame.type === "linkd.recovered") this._verdict(frame.data);
+      this.stats.events += 1;
       this._emit(frame.type, frame.data, frame);
       this._emit("*", frame.data, frame);
+    }
+
+    // Advance the position of the frame's stream; false for a duplicate.
+    _track(frame) {
+      const { seq, epoch, room, user } = frame;
+      if (!Number.isInteger(seq) || typeof epoch !== "string") return true;
+      let cursor;
+      if (typeof room === "string") {
+        cursor = this.rooms.get(room);
+        if (!cursor) {
+          this.rooms.set(room, { epoch, seq, ahead: new Set() });
+          return true;
+        }
+      } else if (typeof user === "string") {
+        if (!this.user || this.user.name !== user) {
+          this.user = { name: user, epoch, seq, ahead: new Set() };
+          return true;
+        }
+        cursor = this.user;
+      } else {
+        return true;
+      }
+      const seen = see(cursor, epoch, seq);
+      if (seen === "gap") this.stats.gaps += 1;
+      if (seen === "duplicate") this.stats.duplicates += 1;
+      return seen !== "duplicate";
+    }
+
+    // A verdict: the stream is now at its current position [epoch, seq].
+    _verdict(data) {
+      if (!data || typeof data !== "object") return;
+      const at = { epoch: data.epoch, seq: data.seq, ahead: new Set() };
+      const known = typeof data.epoch === "string" && Number.isInteger(data.seq);
+      let stream;
+      if (typeof data.room === "string") {
+        if (known) this.rooms.set(data.room, at);
+        stream = { kind: "room", name: data.room };
+      } else if (typeof data.user === "string") {
+        if (known) this.user = Object.assign({ name: data.user }, at);
+        stream = { kind: "user", name: data.user };
+      } else {
+        return;
+      }
+      const recovered = data.recovered === true;
+      if (recovered) this.stats.recovered += 1;
+      else this.stats.notRecovered += 1;
+      for (const fn of Array.from(this.recoveredListeners)) {
+        try {
+          fn(stream, recovered, data);
+        } catch (err) {
+          console.error("linkd recovery listener failed", err);
+        }
+      }
     }
 
     _emit(type, data, frame) {

@@ -1,8 +1,11 @@
 /*
  * The chat page: sign in (a demo user or a token), list your rooms, join one, read
  * its history (with "load older"), send, see others' messages and typing as they
- * arrive, and who is online. The connection (linkd.js) reconnects by itself; on each
- * reconnection the page rejoins the open room and reloads its latest messages.
+ * arrive, and who is online. The connection (linkd.js) reconnects by itself and asks
+ * the engine for the events it missed (docs/recovery.md); on each reconnection the page
+ * rejoins the open room, and reloads its latest messages only when the engine could not
+ * recover them (a `linkd.recovered` verdict with recovered false, or no position to
+ * recover from).
  */
 (function () {
   "use strict";
@@ -170,6 +173,13 @@
     client.on("user.offline", (d) => setOnline(d, false));
     client.on("user.joined", (d) => setOnline(d, true));
     client.on("user.left", (d) => systemLine(d.roomId, `${d.username} left`));
+    // Missed messages were replayed as chat.message events; when the engine could not
+    // prove it had them all, read the open room's history instead.
+    client.onRecovered((stream, recovered) => {
+      if (!recovered && stream.kind === "room" && stream.name === state.current) {
+        openRoom(state.current);
+      }
+    });
     client.connect();
   }
 
@@ -190,8 +200,10 @@
     $("message-input").disabled = !usable;
     $("send").disabled = !usable;
     if (s === "open" && state.current) {
-      // Back after a drop: rejoin and catch up on what was missed.
-      openRoom(state.current);
+      // Back after a drop: rejoin. The history is reloaded only if the room cannot be
+      // recovered (no position was sent for it); otherwise the verdict decides.
+      const recovering = state.client && state.client.recovering;
+      openRoom(state.current, { history: !(recovering && recovering.rooms[state.current]) });
     }
   }
 
@@ -228,17 +240,22 @@
   function clearRoom() {
     state.shown.clear();
     state.oldest = null;
+    $("message-list").replaceChildren();
+    $("load-older").hidden = true;
+    clearPeople();
+  }
+
+  function clearPeople() {
     state.members.clear();
     state.online.clear();
     for (const { timer } of state.typing.values()) clearTimeout(timer);
     state.typing.clear();
-    $("message-list").replaceChildren();
-    $("load-older").hidden = true;
     $("typing").textContent = "";
     $("members").replaceChildren();
   }
 
-  async function openRoom(roomId) {
+  async function openRoom(roomId, options) {
+    const reload = !options || options.history !== false;
     const client = state.client;
     if (roomId !== state.current) stopTyping();
     // Remembered even when offline: the room opens as soon as the connection does.
@@ -252,17 +269,18 @@
       const joined = await client.request("chat.join", { room: roomId });
       const [details, page] = await Promise.all([
         api("GET", `/chat/rooms/${roomId}`),
-        client.request("chat.history", { room: roomId, limit: HISTORY_PAGE }),
+        reload ? client.request("chat.history", { room: roomId, limit: HISTORY_PAGE }) : null,
       ]);
       if (state.current !== roomId) return; // the user moved on meanwhile
-      clearRoom();
+      if (reload) clearRoom();
+      else clearPeople(); // keep the messages shown (and those replayed meanwhile)
       $("room-title").textContent = joined.room.name;
       $("room-info").textContent = `${joined.memberCount} members · ${joined.room.type}`;
       $("leave").hidden = false;
       for (const m of details.members) state.members.set(m.userId, m);
       for (const u of joined.online) state.online.add(u.userId);
       renderMembers();
-      showPage(page, false);
+      if (page) showPage(page, false);
       $("message-input").disabled = false;
       $("send").disabled = false;
       $("message-input").focus();

@@ -1,0 +1,602 @@
+"""A Python client for Linkd WebSocket endpoints: requests answered by acks, events,
+automatic reconnection with backoff, and recovery of missed events (docs/recovery.md).
+
+Built on the ``websockets`` asyncio client; like the rest of ``sdk/`` it never imports
+the engine. See docs/clients.md.
+
+    async with Client("ws://localhost:3000/ws/chat", token=fetch_token) as client:
+        client.on("chat.message", show)
+        await client.request("chat.join", {"room": room_id})
+        async for event in client.events():
+            ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import inspect
+import itertools
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple, TypeAlias
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+__all__ = [
+    "Backoff",
+    "Client",
+    "ClientError",
+    "ClientStats",
+    "ConnectionLostError",
+    "Event",
+    "State",
+    "Stream",
+]
+
+logger = logging.getLogger("linkd.client")
+
+State: TypeAlias = Literal["connecting", "open", "reconnecting", "closed"]
+#: An event as it arrived: ``{"type", "data"}``, plus ``room``/``user``, ``seq``, ``epoch``.
+Event: TypeAlias = dict[str, Any]
+Handler: TypeAlias = Callable[[Event], Awaitable[None] | None]
+StateCallback: TypeAlias = Callable[[State], Awaitable[None] | None]
+RecoveredCallback: TypeAlias = Callable[["Stream", bool], Awaitable[None] | None]
+TokenSource: TypeAlias = str | Callable[[], str | Awaitable[str]] | None
+
+#: Events past a gap remembered per stream while waiting for the gap to fill (by the
+#: recovery of the next reconnection); beyond this the gap is accepted as lost.
+MAX_AHEAD = 1024
+#: HTTP statuses of a refused upgrade that another attempt will not change.
+_FATAL_STATUS = frozenset({400, 404, 405, 426})
+_POLICY_STATUS = frozenset({401, 403})
+
+
+class ClientError(Exception):
+    """An error ack: the server received the request and refused it.
+
+    Attributes:
+        code: the error code (``"VALIDATION_ERROR"``, ``"FORBIDDEN"``...).
+        message: the human-readable message.
+        details: the error's ``details`` (validation: field -> problem), or None.
+        error: the whole error object (``retryAfter`` for ``RATE_LIMITED``...).
+    """
+
+    def __init__(
+        self, code: str, message: str, details: Any = None, error: Mapping[str, Any] | None = None
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.details = details
+        self.error: dict[str, Any] = dict(error or {})
+
+
+class ConnectionLostError(ConnectionError):
+    """The connection is not open, or it closed before the ack arrived.
+
+    A request is never resent on the next connection: the server may or may not have
+    handled it.
+    """
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delays between reconnection attempts: exponential with full jitter.
+
+    The n-th consecutive failure waits a uniform random time in
+    ``[0, min(max, initial * factor**n)]``, so clients dropped together do not come
+    back together. A connection that stays open ``reset_after`` seconds starts the
+    count again; one that drops sooner counts as a failure (a server accepting and
+    closing at once is not hammered).
+    """
+
+    initial: float = 0.5
+    max: float = 15.0
+    factor: float = 2.0
+    reset_after: float = 5.0
+
+    def delay(self, failures: int) -> float:
+        ceiling = min(self.max, self.initial * self.factor ** min(failures, 64))
+        return random.uniform(0.0, ceiling)
+
+
+class Stream(NamedTuple):
+    """A recoverable stream: a room, or the user stream (``kind`` ``"user"``, its user id)."""
+
+    kind: Literal["room", "user"]
+    name: str
+
+
+@dataclass
+class ClientStats:
+    """Counters since the client was made."""
+
+    events: int = 0  # events handed to handlers and iterators
+    duplicates: int = 0  # positioned events at or before a known position: dropped
+    gaps: int = 0  # holes: an event past the next seq (delivered; the hole is recovered later)
+    reconnects: int = 0  # successful reconnections
+    recovered: int = 0  # linkd.recovered verdicts with recovered: true
+    not_recovered: int = 0  # ... and with recovered: false
+
+
+@dataclass
+class _Cursor:
+    """The last event processed on one stream, and the seqs seen past a gap."""
+
+    epoch: str
+    seq: int
+    ahead: set[int] = field(default_factory=set)
+
+    def see(self, epoch: str, seq: int) -> Literal["next", "gap", "ahead", "duplicate"]:
+        """Record one event. The position advances only to the next seq (or a new epoch).
+
+        Returns "gap" for the first event past a new hole, "ahead" for the next ones.
+        """
+        if epoch != self.epoch:
+            # A new life of the stream: the old positions mean nothing in it.
+            self.epoch, self.seq, self.ahead = epoch, seq, set()
+            return "next"
+        if seq <= self.seq or seq in self.ahead:
+            return "duplicate"
+        if seq != self.seq + 1:
+            # Kept at the last contiguous seq, so the next recovery asks for the gap;
+            # what is past it is remembered to drop it when it is replayed.
+            new_hole = seq - 1 not in self.ahead
+            self.ahead.add(seq)
+            if len(self.ahead) > MAX_AHEAD:
+                self.seq, self.ahead = max(self.ahead), set()
+            return "gap" if new_hole else "ahead"
+        self.seq = seq
+        while self.seq + 1 in self.ahead:
+            self.ahead.remove(self.seq + 1)
+            self.seq += 1
+        return "next"
+
+
+class _EventStream:
+    """What ``Client.events()`` returns: an async iterator over every event."""
+
+    def __init__(self, client: Client, maxsize: int) -> None:
+        self._client = client
+        self.queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize)
+        self.ended = False
+
+    def __aiter__(self) -> _EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self.ended and self.queue.empty():
+            raise StopAsyncIteration
+        event = await self.queue.get()
+        if event is None:  # the client closed
+            raise StopAsyncIteration
+        return event
+
+    async def aclose(self) -> None:
+        """Stop receiving events here (an unread full iterator holds the connection)."""
+        self._client._streams.discard(self)
+
+    async def __aenter__(self) -> _EventStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class Client:
+    """A connection to a Linkd WebSocket endpoint that stays up until ``close()``.
+
+    Args:
+        url: ``ws://`` or ``wss://`` URL of the endpoint (a query string is kept).
+        token: a JWT, or a function (sync or async) returning one, called before every
+            connection attempt; sent as ``Authorization: Bearer``.
+        recover: ask for the events missed while disconnected (docs/recovery.md).
+        backoff: delays between reconnection attempts.
+        request_timeout: default seconds ``request`` waits for its ack.
+        max_queue: events buffered per ``events()`` iterator; when one is full the
+            client stops reading the socket until it is read (None: unbounded).
+        reconnect_on_policy_close: reconnect after a 1008 or 4000-4999 close or a
+            401/403 refusal too (a token source may have a better token by then).
+        connect_options: extra keyword arguments for ``websockets.asyncio.client.connect``
+            (``ssl``, ``compression``, ``ping_interval``, ``proxy``, ``open_timeout``...).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: TokenSource = None,
+        recover: bool = True,
+        backoff: Backoff | None = None,
+        request_timeout: float = 10.0,
+        max_queue: int | None = 1024,
+        reconnect_on_policy_close: bool = False,
+        connect_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.url = url
+        self.recover = recover
+        self.backoff = backoff or Backoff()
+        self.request_timeout = request_timeout
+        self.reconnect_on_policy_close = reconnect_on_policy_close
+        self.stats = ClientStats()
+        #: Close code of the last connection (None: it ended without a close frame).
+        self.close_code: int | None = None
+        #: Why the client stopped reconnecting, when it gave up on an error.
+        self.last_error: BaseException | None = None
+        self._token = token
+        self._max_queue = max_queue or 0
+        self._connect_options = dict(connect_options or {})
+        self._state: State = "closed"
+        self._ws: ClientConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._ids = itertools.count(1)
+        self._pending: dict[str, asyncio.Future[Event]] = {}
+        self._handlers: dict[str, list[Handler]] = {}
+        self._state_callbacks: list[StateCallback] = []
+        self._recovered_callbacks: list[RecoveredCallback] = []
+        self._streams: set[_EventStream] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._rooms: dict[str, _Cursor] = {}
+        self._user: tuple[str, _Cursor] | None = None
+        self._open_event = asyncio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def state(self) -> State:
+        return self._state
+
+    async def connect(self) -> None:
+        """Open the connection; it is then kept open (reconnecting) until ``close()``.
+
+        Raises:
+            OSError, TimeoutError, websockets.exceptions.InvalidHandshake: the first
+                attempt failed (no retry: a wrong URL or token should surface at once).
+        """
+        if self._task is not None and not self._task.done():
+            raise RuntimeError("the client is already connected")
+        self._closing = False
+        self.last_error = None
+        self._set_state("connecting")
+        try:
+            ws = await self._open()
+        except BaseException:
+            self._set_state("closed")
+            raise
+        self._task = asyncio.create_task(self._run(ws))
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close for good: no reconnection; waiting requests raise ConnectionLostError."""
+        self._closing = True
+        if self._ws is not None:
+            with contextlib.suppress(ConnectionClosed):
+                await self._ws.close(code, reason)
+        task, self._task = self._task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for pending in list(self._tasks):
+            if pending is not asyncio.current_task():
+                pending.cancel()
+        self._finish()
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def wait_open(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Wait until the connection is open (TimeoutError after ``timeout`` seconds)."""
+        async with asyncio.timeout(timeout):
+            await self._open_event.wait()
+
+    # ------------------------------------------------------------------ messages
+    async def request(self, type: str, data: Any = None, timeout: float | None = None) -> Any:  # noqa: ASYNC109
+        """Send ``{"type", "data", "id"}`` and return the data of its ack.
+
+        Raises:
+            ClientError: the ack carries an error.
+            TimeoutError: no ack within ``timeout`` (default ``request_timeout``) seconds.
+            ConnectionLostError: not connected, or the connection closed before the ack;
+                the request is not resent after a reconnection.
+        """
+        ws = self._connection()
+        msg_id = f"c{next(self._ids)}"
+        future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        self._pending[msg_id] = future
+        try:
+            await ws.send(orjson.dumps({"type": type, "data": data, "id": msg_id}).decode())
+            async with asyncio.timeout(self.request_timeout if timeout is None else timeout):
+                ack = await future
+        except ConnectionClosed as exc:
+            raise ConnectionLostError(f"the connection closed before the ack of {type}") from exc
+        finally:
+            self._pending.pop(msg_id, None)
+        error = ack.get("error")
+        if error is not None:
+            if not isinstance(error, dict):
+                raise ClientError("INTERNAL", str(error))
+            code, message = str(error.get("code")), str(error.get("message", ""))
+            raise ClientError(code, message, error.get("details"), error)
+        return ack.get("data")
+
+    async def send(self, type: str, data: Any = None) -> None:
+        """Send ``{"type", "data"}`` without asking for an ack.
+
+        Raises:
+            ConnectionLostError: not connected.
+        """
+        try:
+            await self._connection().send(orjson.dumps({"type": type, "data": data}).decode())
+        except ConnectionClosed as exc:
+            raise ConnectionLostError("the connection closed") from exc
+
+    def on(self, type: str, handler: Handler) -> Callable[[], None]:
+        """Call ``handler(event)`` for each event of ``type`` (``"*"``: every event).
+
+        A sync handler runs in the reader, in arrival order; an async one runs as a task
+        started in arrival order. Returns a function that removes the handler.
+        """
+        handlers = self._handlers.setdefault(type, [])
+        handlers.append(handler)
+        return lambda: _discard(handlers, handler)
+
+    def on_state(self, callback: StateCallback) -> Callable[[], None]:
+        """Call ``callback(state)`` at each state change; returns a remover."""
+        self._state_callbacks.append(callback)
+        return lambda: _discard(self._state_callbacks, callback)
+
+    def on_recovered(self, callback: RecoveredCallback) -> Callable[[], None]:
+        """Call ``callback(stream, recovered)`` for each ``linkd.recovered`` verdict.
+
+        ``recovered`` False: events may be missing; fetch the stream's history from the
+        service. Returns a remover.
+        """
+        self._recovered_callbacks.append(callback)
+        return lambda: _discard(self._recovered_callbacks, callback)
+
+    def events(self) -> _EventStream:
+        """Every event from now on, across reconnections, until the client closes.
+
+        Use ``async for event in client.events()``; ``aclose()`` it (or use it as
+        ``async with``) when you stop reading before the client closes.
+        """
+        stream = _EventStream(self, self._max_queue)
+        self._streams.add(stream)
+        return stream
+
+    # ------------------------------------------------------------------ positions
+    def positions(self) -> dict[str, Any]:
+        """What the next reconnection asks to recover: ``{"rooms": {room: [epoch, seq]},
+        "user": [epoch, seq]}`` (``user`` only once a user event arrived)."""
+        body: dict[str, Any] = {"rooms": {r: [c.epoch, c.seq] for r, c in self._rooms.items()}}
+        if self._user is not None:
+            body["user"] = [self._user[1].epoch, self._user[1].seq]
+        return body
+
+    def forget(self, room: str) -> None:
+        """Drop the position of ``room`` (after leaving it: nothing to recover there)."""
+        self._rooms.pop(room, None)
+
+    def recover_param(self) -> str | None:
+        """The ``recover`` query value for ``positions()``; None when there is none."""
+        body = self.positions()
+        if not body["rooms"] and "user" not in body:
+            return None
+        return base64.urlsafe_b64encode(orjson.dumps(body)).rstrip(b"=").decode()
+
+    def _connect_url(self) -> str:
+        param = self.recover_param() if self.recover else None
+        if param is None:
+            return self.url
+        parts = urlsplit(self.url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        query = [(k, v) for k, v in query if k != "recover"] + [("recover", param)]
+        return urlunsplit(parts._replace(query=urlencode(query)))
+
+    def _track(self, event: Event) -> bool:
+        """Advance the position of the event's stream; False for a duplicate."""
+        seq, epoch = event.get("seq"), event.get("epoch")
+        if not isinstance(seq, int) or isinstance(seq, bool) or not isinstance(epoch, str):
+            return True
+        room, user = event.get("room"), event.get("user")
+        if isinstance(room, str):
+            cursor = self._rooms.get(room)
+            if cursor is None:
+                self._rooms[room] = _Cursor(epoch, seq)
+                return True
+        elif isinstance(user, str):
+            if self._user is None or self._user[0] != user:
+                self._user = (user, _Cursor(epoch, seq))
+                return True
+            cursor = self._user[1]
+        else:
+            return True
+        seen = cursor.see(epoch, seq)
+        if seen == "gap":
+            self.stats.gaps += 1
+            logger.warning("events missing before %s seq %d", room or user, seq)
+        elif seen == "duplicate":
+            self.stats.duplicates += 1
+        return seen != "duplicate"
+
+    def _verdict(self, data: Any) -> Stream | None:
+        """Apply a ``linkd.recovered`` verdict: the stream is now at its current position."""
+        if not isinstance(data, dict):
+            return None
+        seq, epoch, recovered = data.get("seq"), data.get("epoch"), data.get("recovered") is True
+        position = _Cursor(epoch, seq) if isinstance(epoch, str) and isinstance(seq, int) else None
+        if isinstance(room := data.get("room"), str):
+            if position is not None:
+                self._rooms[room] = position
+            stream = Stream("room", room)
+        elif isinstance(user := data.get("user"), str):
+            if position is not None:
+                self._user = (user, position)
+            stream = Stream("user", user)
+        else:
+            return None
+        if recovered:
+            self.stats.recovered += 1
+        else:
+            self.stats.not_recovered += 1
+        for callback in list(self._recovered_callbacks):
+            self._call(callback, stream, recovered)
+        return stream
+
+    # ------------------------------------------------------------------ internals
+    def _connection(self) -> ClientConnection:
+        if self._ws is None or self._state != "open":
+            raise ConnectionLostError(f"not connected (state: {self._state})")
+        return self._ws
+
+    async def _open(self) -> ClientConnection:
+        token = self._token() if callable(self._token) else self._token
+        if inspect.isawaitable(token):
+            token = await token
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        ws = await connect(self._connect_url(), additional_headers=headers, **self._connect_options)
+        self._ws = ws
+        self._set_state("open")
+        return ws
+
+    async def _run(self, ws: ClientConnection) -> None:
+        """Read until the connection drops, then reconnect, until told to stop."""
+        loop = asyncio.get_running_loop()
+        failures = 0
+        try:
+            while True:
+                opened_at = loop.time()
+                self.close_code = await self._read(ws)
+                self._ws = None
+                self._fail_pending()
+                if self._closing or not self._should_reconnect(self.close_code):
+                    return
+                if loop.time() - opened_at >= self.backoff.reset_after:
+                    failures = 0
+                while True:
+                    self._set_state("reconnecting")
+                    await asyncio.sleep(self.backoff.delay(failures))
+                    failures += 1
+                    try:
+                        ws = await self._open()
+                        break
+                    except (OSError, TimeoutError, InvalidHandshake) as exc:
+                        if not self._retryable(exc):
+                            self.last_error = exc
+                            logger.warning("not reconnecting to %s: %s", self.url, exc)
+                            return
+                        logger.info("reconnecting to %s failed: %s", self.url, exc)
+                self.stats.reconnects += 1
+        finally:
+            self._finish()
+
+    async def _read(self, ws: ClientConnection) -> int | None:
+        """Handle frames until the connection closes; returns the close code received."""
+        with contextlib.suppress(ConnectionClosed):
+            async for raw in ws:
+                await self._receive(raw)
+        received = ws.protocol.close_rcvd
+        return received.code if received is not None else None
+
+    async def _receive(self, raw: str | bytes) -> None:
+        try:
+            frame = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            logger.warning("dropped a frame that is not JSON")
+            return
+        if not isinstance(frame, dict):
+            return
+        msg_id = frame.get("id")
+        if msg_id is not None:
+            future = self._pending.get(msg_id) if isinstance(msg_id, str) else None
+            if future is not None and not future.done():
+                future.set_result(frame)
+            return  # otherwise an ack that came after its request gave up
+        if not self._track(frame):
+            return
+        if frame.get("type") == "linkd.recovered":
+            self._verdict(frame.get("data"))
+        self.stats.events += 1
+        handlers = self._handlers.get(str(frame.get("type")), [])
+        for handler in [*handlers, *self._handlers.get("*", [])]:
+            self._call(handler, frame)
+        for stream in list(self._streams):
+            await stream.queue.put(frame)
+
+    def _call(self, callback: Callable[..., Awaitable[None] | None], *args: Any) -> None:
+        """Run a sync callback now, an async one as a task; log what they raise."""
+        try:
+            result = callback(*args)
+        except Exception:
+            logger.exception("client callback %r failed", callback)
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Future[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("client callback failed", exc_info=task.exception())
+
+    def _should_reconnect(self, code: int | None) -> bool:
+        if code is None:  # no close frame: the network or the server went away
+            return True
+        if code == 1000:  # a normal closure is the server's decision to end the session
+            return False
+        if code == 1008 or 4000 <= code <= 4999:
+            return self.reconnect_on_policy_close
+        return True  # 1001 going away, 1011, 1012 restart, 1013 try again later...
+
+    def _retryable(self, exc: BaseException) -> bool:
+        if not isinstance(exc, InvalidStatus):
+            return True
+        status = exc.response.status_code
+        if status in _POLICY_STATUS:
+            return self.reconnect_on_policy_close
+        return status not in _FATAL_STATUS
+
+    def _fail_pending(self) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ConnectionLostError("the connection closed"))
+        self._pending.clear()
+
+    def _finish(self) -> None:
+        self._ws = None
+        self._fail_pending()
+        self._set_state("closed")
+        # The iterators end once they have read what they hold.
+        for stream in self._streams:
+            stream.ended = True
+            with contextlib.suppress(asyncio.QueueFull):
+                stream.queue.put_nowait(None)
+        self._streams.clear()
+
+    def _set_state(self, state: State) -> None:
+        if state == self._state:
+            return
+        self._state = state
+        if state == "open":
+            self._open_event.set()
+        else:
+            self._open_event.clear()
+        for callback in list(self._state_callbacks):
+            self._call(callback, state)
+
+
+def _discard(items: list[Any], item: Any) -> None:
+    with contextlib.suppress(ValueError):
+        items.remove(item)
