@@ -471,10 +471,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     loop_name = _install_uvloop()
     log = logging.getLogger("linkd.server")
     log.info("linkd %s on %s", config.version, loop_name)
-    # Names fixed by the design; the features behind them land in later releases.
-    for flag, value in (("--redis", config.redis_url),):
-        if value:
-            log.warning("%s is not implemented in this version and is ignored", flag)
     try:
         asyncio.run(Engine(config).serve())
     except (OSError, ValueError) as exc:

@@ -193,7 +193,14 @@ class HttpProtocol(asyncio.Protocol):
             self._upgrade(request)
             return
         if request.path == "/health" and request.method in ("GET", "HEAD"):
-            body = {"status": "healthy", "version": self._state.config.version}
+            # Degraded (Redis unreachable) still answers 200: local clients are served.
+            healthy = self._state.broker.healthy
+            body = {
+                "status": "healthy" if healthy else "degraded",
+                "version": self._state.config.version,
+            }
+            if self._state.config.redis_url:
+                body["redis"] = "connected" if healthy else "unreachable"
             self._respond(request, Response.json(body))
             return
         if request.path == "/metrics" and request.method in ("GET", "HEAD"):

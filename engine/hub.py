@@ -1,7 +1,8 @@
-"""Hub: which connection is in which room, by id and by user; room fan-out.
+"""Hub: which connection is in which room, by id and by user; local fan-out.
 
-In-process state of one engine. Rooms are global to the engine (any service may
-emit to any room). The scale-out release puts a broker behind the same methods.
+The local side of one engine node. Rooms are global (any service may emit to any
+room); a publish goes through the broker (engine/broker.py), which numbers it and
+brings it back to ``deliver`` on every node that has a connection concerned.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import orjson
 
 from protocol.ws import OutboundMessage
 
+from .broker import FIELDS, Broker, LocalBroker
 from .fanout import fanout
 from .history import Recovery, StreamHistory
 from .presence import Presence
@@ -31,9 +33,10 @@ class Hub:
     __slots__ = (
         "_corker",
         "_metrics",
+        "broker",
         "by_id",
         "compression_threshold",
-        "history",
+        "pending",
         "presence",
         "rooms",
         "slow",
@@ -46,7 +49,7 @@ class Hub:
         slow: PolicyTable | None = None,
         metrics: Metrics | None = None,
         corker: Corker | None = None,
-        history: StreamHistory | None = None,
+        broker: Broker | None = None,
         compression_threshold: int = 128,
     ) -> None:
         self.by_id: dict[int, WsProtocol] = {}
@@ -59,9 +62,16 @@ class Hub:
         self.slow = slow or PolicyTable()
         self._metrics = metrics
         self._corker = corker
-        #: Numbered room and user streams for recovery (docs/recovery.md); None: off.
-        self.history = history
+        if broker is None:
+            local = LocalBroker(StreamHistory(1000, 300.0, time.monotonic))
+            local.attach(self)
+            broker = local
+        #: Numbers publishes and brings them to ``deliver`` (engine/broker.py).
+        self.broker: Broker = broker
         self.compression_threshold = compression_threshold
+        #: Streams with a recovery in flight: ``"r:room"`` → connection → the live
+        #: events ``(seq, payload)`` held back until its missed ones are sent.
+        self.pending: dict[str, dict[WsProtocol, list[tuple[int, bytes]]]] = {}
 
     # ------------------------------------------------------------ membership
     def add(self, ws: WsProtocol) -> None:
@@ -71,6 +81,7 @@ class Hub:
             tabs = self.users.get(user_id)
             if tabs is None:
                 self.users[user_id] = {ws}
+                self.broker.watch("u", user_id)
                 if self.presence is not None:
                     self.presence.connected(user_id, _username(ws))
             else:
@@ -79,7 +90,7 @@ class Hub:
             if recover is not None and recover.user is not None:
                 epoch, seq = recover.user
                 recover.user = None
-                self._recover(ws, "u:" + user_id, b"user", user_id, epoch, seq)
+                self._recover(ws, "u", user_id, epoch, seq)
 
     def connections_of(self, user_id: str) -> int:
         tabs = self.users.get(user_id)
@@ -95,12 +106,16 @@ class Hub:
                 tabs.discard(ws)
                 if not tabs:
                     del self.users[user_id]
+                    self.broker.unwatch("u", user_id)
                     if self.presence is not None:
                         self.presence.disconnected(user_id)
         rooms = sorted(ws.rooms) if ws.rooms else []
         for room in rooms:
             self._discard(room, ws)
         ws.rooms = None
+        if self.pending:
+            for key in [k for k, waiting in self.pending.items() if ws in waiting]:
+                self._stop_waiting(key, ws)
         return rooms
 
     def join(self, ws: WsProtocol, room: str) -> None:
@@ -109,21 +124,30 @@ class Hub:
         if ws.rooms is None:
             ws.rooms = set()
         ws.rooms.add(room)
-        self.rooms.setdefault(room, set()).add(ws)
+        members = self.rooms.get(room)
+        if members is None:
+            members = self.rooms[room] = set()
+            self.broker.watch("r", room)
+        members.add(ws)
         recover = ws.recover
         if recover is not None:
             position = recover.rooms.pop(room, None)
             if position is not None:
-                # Joined and caught up in one step: no live event of the room can
-                # come between the missed ones and the verdict.
-                self._recover(ws, "r:" + room, b"room", room, *position)
+                self._recover(ws, "r", room, *position)
 
-    def _recover(
-        self, ws: WsProtocol, key: str, field: bytes, name: str, epoch: str, seq: int
-    ) -> None:
-        """Send ``ws`` what it missed of stream ``key`` since ``seq``, then the verdict."""
-        history = self.history
-        found = Recovery([], False, "", 0) if history is None else history.since(key, epoch, seq)
+    # -------------------------------------------------------------- recovery
+    def _recover(self, ws: WsProtocol, kind: str, name: str, epoch: str, seq: int) -> None:
+        # Live events of the stream are held back for this connection until the
+        # broker has sent what it missed (at once for the local broker).
+        self.pending.setdefault(f"{kind}:{name}", {})[ws] = []
+        self.broker.recover(ws, kind, name, epoch, seq)
+
+    def send_recovery(self, ws: WsProtocol, kind: str, name: str, found: Recovery) -> None:
+        """The broker found what ``ws`` missed: send it, the verdict, then what was held."""
+        key = f"{kind}:{name}"
+        held = self._stop_waiting(key, ws)
+        if ws.closed:
+            return
         threshold = self.compression_threshold
         for payload in found.events:
             ws.send_prepared(OutboundMessage(payload, text=True, compression_threshold=threshold))
@@ -131,7 +155,7 @@ class Hub:
             {
                 "type": "linkd.recovered",
                 "data": {
-                    field.decode(): name,
+                    FIELDS[kind].decode(): name,
                     "recovered": found.recovered,
                     "epoch": found.epoch,
                     "seq": found.seq,
@@ -140,8 +164,22 @@ class Hub:
             }
         )
         ws.send_prepared(OutboundMessage(verdict, text=True, compression_threshold=threshold))
+        for seq, payload in held:
+            if seq > found.seq:  # the history already had the others
+                ws.send_prepared(
+                    OutboundMessage(payload, text=True, compression_threshold=threshold)
+                )
         if self._metrics is not None:
             self._metrics.count_recovery(found.recovered, len(found.events))
+
+    def _stop_waiting(self, key: str, ws: WsProtocol) -> list[tuple[int, bytes]]:
+        waiting = self.pending.get(key)
+        if waiting is None:
+            return []
+        held = waiting.pop(ws, [])
+        if not waiting:
+            del self.pending[key]
+        return held
 
     def leave(self, ws: WsProtocol, room: str) -> None:
         if ws.rooms:
@@ -154,6 +192,7 @@ class Hub:
             members.discard(ws)
             if not members:
                 del self.rooms[room]
+                self.broker.unwatch("r", room)
 
     def rooms_of(self, ws: WsProtocol) -> list[str]:
         return sorted(ws.rooms) if ws.rooms else []
@@ -189,27 +228,54 @@ class Hub:
         everyone: bool = False,
         exclude: Iterable[int] = (),
         event: str | None = None,
+    ) -> None:
+        """A JSON event ``{"type", "data"}`` from a service, to one kind of target.
+
+        To a room or a user it is numbered (and kept for recovery) by the broker,
+        which may deliver it later (Redis: when it comes back from the channel).
+        """
+        started = time.perf_counter()
+        if room is not None:
+            self.broker.publish("r", room, payload, exclude, event, started)
+        elif user is not None:
+            self.broker.publish("u", user, payload, exclude, event, started)
+        elif everyone:
+            self.broker.publish("*", "", payload, exclude, event, started)
+        elif conn is not None:
+            self.deliver("c", str(conn), payload, None, exclude, event, started)
+
+    def deliver(
+        self,
+        kind: str,
+        name: str,
+        payload: bytes,
+        seq: int | None,
+        exclude: Iterable[int],
+        event: str | None,
+        started: float,
     ) -> int:
-        """A JSON event ``{"type", "data"}`` from a service; numbered (and kept for
-        recovery) when it goes to a room or a user. Returns the local deliveries."""
-        history = self.history
-        if history is not None:
-            if room is not None:
-                payload = history.append("r:" + room, payload, b"room", room)
-            elif user is not None:
-                payload = history.append("u:" + user, payload, b"user", user)
+        """Queue a published event to the local connections concerned (the broker's
+        callback). ``seq``: its number in its stream (held back for recoveries)."""
+        targets: Iterable[WsProtocol]
+        if kind == "r":
+            targets = self.rooms.get(name, ())
+        elif kind == "u":
+            targets = self.users.get(name, ())
+        elif kind == "*":
+            targets = self.by_id.values()
+        else:
+            ws = self.by_id.get(int(name))
+            targets = (ws,) if ws is not None else ()
+        if self.pending and seq is not None:
+            waiting = self.pending.get(f"{kind}:{name}")
+            if waiting:
+                for held in waiting.values():
+                    held.append((seq, payload))
+                targets = [ws for ws in targets if ws not in waiting]
         message = OutboundMessage(
             payload, text=True, compression_threshold=self.compression_threshold
         )
-        return self.emit(
-            message,
-            room=room,
-            user=user,
-            conn=conn,
-            everyone=everyone,
-            exclude=exclude,
-            event=event,
-        )
+        return self._fan(message, targets, kind, name, exclude, event, started)
 
     def emit(
         self,
@@ -229,20 +295,32 @@ class Hub:
         started = time.perf_counter()
         targets: Iterable[WsProtocol]
         if room is not None:
+            kind, name = "r", room
             targets = self.rooms.get(room, ())
-            target = "r:" + room
         elif user is not None:
+            kind, name = "u", user
             targets = self.users.get(user, ())
-            target = "u:" + user
         elif conn is not None:
+            kind, name = "c", str(conn)
             ws = self.by_id.get(conn)
             targets = (ws,) if ws is not None else ()
-            target = "c"
         elif everyone:
+            kind, name = "*", ""
             targets = self.by_id.values()
-            target = "*"
         else:
             return 0
+        return self._fan(message, targets, kind, name, exclude, event, started)
+
+    def _fan(
+        self,
+        message: OutboundMessage,
+        targets: Iterable[WsProtocol],
+        kind: str,
+        name: str,
+        exclude: Iterable[int],
+        event: str | None,
+        started: float,
+    ) -> int:
         if exclude:
             excluded = set(exclude)
             # Filtering costs only the excluded; the others pay nothing extra.
@@ -250,7 +328,7 @@ class Hub:
         policy = key = None
         if event is not None and self.slow.lossy:
             policy = self.slow.for_event(event)
-            key = target + "\x00" + event
+            key = f"{kind}:{name}\x00{event}"
         delivered = fanout(message, targets, None, policy, key)
         metrics = self._metrics
         if metrics is not None:

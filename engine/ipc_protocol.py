@@ -43,6 +43,7 @@ def _require_utf8(data: bytes | None, field: str) -> None:
 class IpcProtocol(asyncio.Protocol):
     __slots__ = (
         "_conn",
+        "_held",
         "_out",
         "_ping_n",
         "_pong_due",
@@ -62,6 +63,8 @@ class IpcProtocol(asyncio.Protocol):
         self.worker: Worker = registry.new_worker(self)
         self.deadline = math.inf
         self._ping_n = 0
+        #: Replies waiting for the broker to apply earlier commands (Redis), in order.
+        self._held: list[tuple[m.Reply, asyncio.Future[None] | None]] = []
         self._pong_due = math.inf
 
     @property
@@ -136,6 +139,31 @@ class IpcProtocol(asyncio.Protocol):
         if transport is not None:
             transport.abort()
 
+    # ------------------------------------------------------------- replies
+    def _reply(self, reply: m.Reply) -> None:
+        """Answer now, or once the broker applied the commands sent before it (Redis:
+        a join's subscription, an emit's round trip): the ack never overtakes them."""
+        held = self._held
+        if held:
+            held.append((reply, self._state.broker.fence()))
+            return
+        fence = self._state.broker.fence()
+        if fence is None:
+            self.worker.on_reply(reply)
+            return
+        self._held = [(reply, fence)]
+        fence.add_done_callback(self._release)
+
+    def _release(self, _: object = None) -> None:
+        held = self._held
+        while held:
+            reply, fence = held[0]
+            if fence is not None and not fence.done():
+                fence.add_done_callback(self._release)
+                return
+            held.pop(0)
+            self.worker.on_reply(reply)
+
     # ------------------------------------------------------------- dispatch
     def _dispatch(self, msg: Any) -> None:
         hub = self._state.hub
@@ -144,7 +172,7 @@ class IpcProtocol(asyncio.Protocol):
             _require_utf8(msg.json, "reply.json")
             if msg.error is not None:
                 _require_utf8(msg.error.details, "reply.error.details")
-            self.worker.on_reply(msg)
+            self._reply(msg)
         elif isinstance(msg, m.Emit):
             _require_utf8(msg.payload, "emit.payload")
             targets = (msg.room, msg.user, msg.conn)

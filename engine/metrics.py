@@ -84,6 +84,8 @@ class Metrics(Collector):
         self.fanout_latency = Histogram()
         #: Request → reply round trips to service workers, by service.
         self.ipc_latency: dict[str, Histogram] = {}
+        #: Events delivered to this node only because the broker (Redis) was unreachable.
+        self.broker_fallbacks = 0
         #: Recovery verdicts by outcome, and the missed events they replayed.
         self.recoveries: dict[str, int] = {}
         self.recovered_events = 0
@@ -115,6 +117,9 @@ class Metrics(Collector):
         if histogram is None:
             histogram = self.ipc_latency[service] = Histogram()
         histogram.observe(seconds)
+
+    def count_broker_fallback(self) -> None:
+        self.broker_fallbacks += 1
 
     def count_recovery(self, recovered: bool, events: int) -> None:
         outcome = "complete" if recovered else "incomplete"
@@ -188,6 +193,11 @@ class Metrics(Collector):
             "Round trip of a request to a service worker, by service",
             [((name,), h) for name, h in sorted(self.ipc_latency.items())],
             labels=["service"],
+        )
+        yield CounterMetricFamily(
+            "linkd_broker_fallback_events",
+            "Events delivered to this node only (unnumbered) because Redis was unreachable",
+            value=self.broker_fallbacks,
         )
         recoveries = CounterMetricFamily(
             "linkd_recoveries",

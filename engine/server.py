@@ -135,6 +135,7 @@ class Engine:
         self._state = state = ServerState(self.config, self.routes, loop, self.metrics)
         self._stopped = asyncio.Event()
         state.presence.listeners.extend(self._presence_listeners)
+        await state.broker.start(state.hub)
         config = self.config
         state.registry = Registry(
             state,
@@ -216,6 +217,7 @@ class Engine:
             if self.config.ipc_path:
                 with contextlib.suppress(OSError):
                     os.unlink(self.config.ipc_path)
+        await state.broker.stop()
         state.close()
         self._server = None
         log.info("stopped in %.2fs", time.monotonic() - started)

@@ -11,6 +11,7 @@ from protocol.ws import SharedDeflater
 
 from .app import Routes
 from .auth import Authenticator
+from .broker import Broker, LocalBroker
 from .config import Config
 from .history import StreamHistory
 from .hub import Hub
@@ -93,14 +94,17 @@ class ServerState:
         self.slow = config.slow_consumer_policies()
         self.presence = Presence(loop, config.presence_grace)
         self.history = StreamHistory(config.history_size, config.history_ttl, loop.time)
+        self.broker: Broker = self._make_broker(config)
         self.hub = Hub(
             self.presence,
             self.slow,
             metrics,
             self.corker,
-            self.history,
+            self.broker,
             config.limits.compression_threshold,
         )
+        if isinstance(self.broker, LocalBroker):
+            self.broker.attach(self.hub)
         self._prune_timer: asyncio.TimerHandle | None = loop.call_later(60.0, self._prune)
         #: Upgrade-time caps: open connections in all and per address, new ones per address.
         self.limiter = ConnectionLimiter(
@@ -126,6 +130,13 @@ class ServerState:
         self._idle: asyncio.Event | None = None
         self._deflaters: dict[int, SharedDeflater] = {}
         self._next_id = 0
+
+    def _make_broker(self, config: Config) -> Broker:
+        if config.redis_url:
+            from .redis_broker import RedisBroker  # redis is only imported when used
+
+            return RedisBroker(config, self.metrics)
+        return LocalBroker(self.history)
 
     def _prune(self) -> None:
         self.history.prune()

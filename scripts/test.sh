@@ -23,6 +23,11 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
         >/dev/null || echo "could not install chromium: the browser test will be skipped"
 fi
+echo "== redis-server (the scale-out tests start their own when none answers)"
+if ! command -v redis-server >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; } \
+        >/dev/null || echo "could not install redis-server: the scale-out tests will fail"
+fi
 echo "== pytest"
 # Exit code 5 ("no tests collected") is a failure like any other non-zero code.
 .venv/bin/python -m pytest "$@"

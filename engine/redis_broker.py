@@ -1,0 +1,445 @@
+"""RedisBroker: rooms, users and everyone across engine nodes (docs/scaling.md).
+
+One Lua script numbers an event in its stream, keeps it in a Redis Stream for
+recovery and publishes it on the stream's channel, atomically: the channel's order
+is the numbering's order. Every node, the publishing one included, delivers what
+comes back on the channels it subscribed to, so every node sees one order per room.
+
+A node subscribes only to the rooms and users its own connections are in (and to
+``everyone``), and unsubscribes when the last one leaves. Ordering across the two
+Redis connections (commands, subscriptions) is kept by one queue of operations: a
+publish queued after a subscription is sent only once Redis confirmed it, so a
+connection that joined a room before an emit always receives it.
+
+When Redis cannot be reached, events are delivered to this node's connections only,
+unnumbered (they cannot be recovered), ``healthy`` is False, and the broker
+reconnects with backoff and subscribes again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from .broker import FIELDS
+from .history import Recovery, new_epoch
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .hub import Hub
+    from .metrics import Metrics
+    from .ws_protocol import WsProtocol
+
+__all__ = ["RedisBroker"]
+
+log = logging.getLogger("linkd.redis")
+
+# KEYS: seq, epoch, history. ARGV: channel, payload, field, name (JSON), max events,
+# key lifetime (ms), node, exclude (JSON), event (JSON), a new epoch, history ttl (ms).
+_PUBLISH = """
+local seq = redis.call('INCR', KEYS[1])
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = ARGV[10]
+  redis.call('SET', KEYS[2], epoch)
+end
+local body = ARGV[2]
+if string.sub(body, -1) == '}' then
+  body = string.sub(body, 1, -2) .. ',"' .. ARGV[3] .. '":' .. ARGV[4] ..
+    ',"seq":' .. seq .. ',"epoch":"' .. epoch .. '"}'
+end
+if tonumber(ARGV[5]) > 0 then
+  local now = redis.call('TIME')
+  local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], seq .. '-0', 't', ms, 'p', body)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+redis.call('PEXPIRE', KEYS[3], ARGV[6])
+redis.call('PUBLISH', ARGV[1],
+  '["' .. ARGV[7] .. '",' .. ARGV[8] .. ',' .. ARGV[9] .. ',' .. seq .. ']\\n' .. body)
+return seq
+"""
+
+_BATCH = 256
+
+
+def _channel(kind: str, name: str) -> bytes:
+    return b"lk:*" if kind == "*" else f"lk:{kind}:{name}".encode()
+
+
+def _keys(kind: str, name: str) -> tuple[str, str, str]:
+    tag = f"lk:{{{kind}:{name}}}"  # one hash slot per stream (Redis Cluster)
+    return f"{tag}:seq", f"{tag}:epoch", f"{tag}:hist"
+
+
+class RedisBroker:
+    def __init__(self, config: Config, metrics: Metrics) -> None:
+        assert config.redis_url
+        self._url = config.redis_url
+        self._metrics = metrics
+        #: This node's id: its own events' exclusions apply here only.
+        self.node = os.urandom(6).hex()
+        self._size = config.history_size
+        self._ttl_ms = int(config.history_ttl * 1000)
+        self._keep_ms = int(max(config.history_ttl * 10, 600.0) * 1000)
+        self.healthy = False
+        self._hub: Hub | None = None
+        self._redis: aioredis.Redis | None = None
+        self._pubsub: Any = None
+        self._script: Any = None
+        #: Channels this node wants, and those Redis confirmed.
+        self._wanted: set[bytes] = {b"lk:*"}
+        self._confirmed: set[bytes] = set()
+        self._confirming: dict[bytes, asyncio.Future[None]] = {}
+        self._ops: deque[tuple[Any, ...]] = deque()
+        #: Our own publishes whose echo we still expect: channel → highest seq.
+        self._echoes: dict[bytes, int] = {}
+        #: The highest seq delivered per channel (an echo may beat the publish's reply).
+        self._delivered: dict[bytes, int] = {}
+        self._echoed = asyncio.Event()
+        self._wake = asyncio.Event()
+        #: An operation taken off the queue is being sent (the queue may look empty).
+        self._busy = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self, hub: Hub) -> None:
+        self._hub = hub
+        # No retries inside redis-py: a failure must reach us at once (local fallback,
+        # our own reconnect with backoff and resubscription).
+        self._redis = aioredis.Redis.from_url(
+            self._url,
+            socket_connect_timeout=2.0,
+            socket_timeout=5.0,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._script = self._redis.register_script(_PUBLISH)
+        with contextlib.suppress(RedisError, OSError):
+            await self._connect()
+        if not self.healthy:
+            log.warning("Redis at %s unreachable: local delivery only until it answers", self._url)
+        self._tasks = [
+            asyncio.get_running_loop().create_task(self._run_ops()),
+            asyncio.get_running_loop().create_task(self._read()),
+        ]
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
+                await self._redis.aclose()
+
+    async def _connect(self) -> None:
+        """(Re)connect: a fresh subscription connection, every wanted channel again."""
+        assert self._redis is not None
+        await self._redis.ping()
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+        self._confirmed.clear()
+        self._pubsub = self._redis.pubsub()
+        await self._pubsub.subscribe(*self._wanted)
+        self.healthy = True
+        log.info("Redis connected (%s), node %s", self._url, self.node)
+
+    # -------------------------------------------------------- subscriptions
+    def watch(self, kind: str, name: str) -> None:
+        channel = _channel(kind, name)
+        if channel not in self._wanted:
+            self._wanted.add(channel)
+            self._queue(("sub", channel))
+
+    def unwatch(self, kind: str, name: str) -> None:
+        channel = _channel(kind, name)
+        if channel in self._wanted:
+            self._wanted.discard(channel)
+            self._queue(("unsub", channel))
+
+    # --------------------------------------------------------------- fence
+    def fence(self) -> asyncio.Future[None] | None:
+        """Done once every operation queued so far took effect here: subscriptions
+        confirmed, publishes numbered and (on channels we receive) delivered. None
+        when nothing is pending. Replies wait on it, so an ack never overtakes the
+        join or the emit its handler did before it."""
+        if not self._ops and not self._echoes and not self._busy:
+            return None
+        if self._ops and self._ops[-1][0] == "fence":
+            future: asyncio.Future[None] = self._ops[-1][1]
+            return future
+        future = asyncio.get_running_loop().create_future()
+        self._queue(("fence", future))
+        return future
+
+    async def _pass_fence(self, future: asyncio.Future[None]) -> None:
+        try:
+            async with asyncio.timeout(2.0):
+                while self._echoes:
+                    self._echoed.clear()
+                    await self._echoed.wait()
+        except TimeoutError:
+            log.warning("echo of %d channel(s) not received in 2 s", len(self._echoes))
+            self._echoes.clear()
+        if not future.done():
+            future.set_result(None)
+
+    # ------------------------------------------------------------- publish
+    def publish(
+        self,
+        kind: str,
+        name: str,
+        payload: bytes,
+        exclude: Iterable[int],
+        event: str | None,
+        started: float,
+    ) -> None:
+        excluded = list(exclude)
+        if not self.healthy:
+            self._deliver_locally(kind, name, payload, excluded, event, started)
+            return
+        self._queue(("pub", kind, name, payload, excluded, event, started))
+
+    def _deliver_locally(
+        self,
+        kind: str,
+        name: str,
+        payload: bytes,
+        exclude: list[int],
+        event: str | None,
+        started: float,
+    ) -> None:
+        assert self._hub is not None
+        self._metrics.count_broker_fallback()
+        self._hub.deliver(kind, name, payload, None, exclude, event, started)
+
+    def _queue(self, op: tuple[Any, ...]) -> None:
+        self._ops.append(op)
+        self._wake.set()
+
+    async def _run_ops(self) -> None:
+        """Send queued operations in order (consecutive publishes as one pipeline);
+        while Redis is unreachable, reconnect with backoff."""
+        backoff = 0.1
+        while not self._stopping:
+            if not self.healthy:
+                try:
+                    await self._connect()
+                    backoff = 0.1
+                except (RedisError, OSError):
+                    await asyncio.sleep(backoff * (0.5 + random.random()))
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+            if not self._ops:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            self._busy = True
+            try:
+                op = self._ops[0]
+                if op[0] == "pub":
+                    await self._send_publishes()
+                elif op[0] == "sub":
+                    self._ops.popleft()
+                    await self._subscribe(op[1])
+                elif op[0] == "unsub":
+                    self._ops.popleft()
+                    if op[1] not in self._wanted:  # not wanted again meanwhile
+                        await self._pubsub.unsubscribe(op[1])
+                        self._confirmed.discard(op[1])
+                        self._echoes.pop(op[1], None)
+                        self._delivered.pop(op[1], None)
+                elif op[0] == "recover":
+                    self._ops.popleft()
+                    await self._recover(*op[1:])
+                elif op[0] == "fence":
+                    self._ops.popleft()
+                    await self._pass_fence(op[1])
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._lost(exc)
+            finally:
+                self._busy = False
+
+    async def _subscribe(self, channel: bytes) -> None:
+        if channel not in self._wanted or channel in self._confirmed:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._confirming[channel] = future
+        await self._pubsub.subscribe(channel)
+        try:
+            async with asyncio.timeout(5.0):
+                await future  # publishes after this one reach us: Redis confirmed
+        finally:
+            self._confirming.pop(channel, None)
+
+    async def _send_publishes(self) -> None:
+        assert self._redis is not None
+        batch: list[tuple[Any, ...]] = []
+        while self._ops and self._ops[0][0] == "pub" and len(batch) < _BATCH:
+            batch.append(self._ops.popleft())
+        pipe = self._redis.pipeline(transaction=False)
+        for _, kind, name, payload, excluded, event, _started in batch:
+            header = orjson.dumps(excluded), orjson.dumps(event)
+            if kind == "*":
+                envelope = b'["%s",%s,%s,null]\n' % (self.node.encode(), *header) + payload
+                pipe.publish(b"lk:*", envelope)
+                continue
+            seq_key, epoch_key, hist_key = _keys(kind, name)
+            args = (
+                _channel(kind, name),
+                payload,
+                FIELDS[kind],
+                orjson.dumps(name),
+                self._size,
+                self._keep_ms,
+                self.node,
+                header[0],
+                header[1],
+                new_epoch(),
+                self._ttl_ms,
+            )
+            await self._script(keys=[seq_key, epoch_key, hist_key], args=args, client=pipe)
+        try:
+            results = await pipe.execute()
+        except (RedisError, OSError):
+            # Not published: this node's connections still get them (unnumbered).
+            for _, kind, name, payload, excluded, event, started in batch:
+                self._deliver_locally(kind, name, payload, excluded, event, started)
+            raise
+        for op, result in zip(batch, results, strict=True):
+            channel = _channel(op[1], op[2])
+            seq = int(result) if op[1] != "*" else 0
+            if seq and channel in self._confirmed and self._delivered.get(channel, 0) < seq:
+                self._echoes[channel] = max(seq, self._echoes.get(channel, 0))
+
+    def _lost(self, exc: BaseException) -> None:
+        if self.healthy:
+            log.warning("Redis connection lost (%s): local delivery only, reconnecting", exc)
+        self.healthy = False
+        # Queued publishes cannot wait for Redis: deliver them here now.
+        kept: deque[tuple[Any, ...]] = deque()
+        while self._ops:
+            op = self._ops.popleft()
+            if op[0] == "pub":
+                self._deliver_locally(*op[1:])
+            elif op[0] == "recover":
+                self._answer_recovery(op[1], op[2], op[3], Recovery([], False, "", 0))
+            elif op[0] == "fence" and not op[1].done():
+                op[1].set_result(None)
+            # sub/unsub: _connect subscribes to what is wanted then.
+        self._echoes.clear()
+        self._ops = kept
+
+    # -------------------------------------------------------------- receive
+    async def _read(self) -> None:
+        while not self._stopping:
+            if not self.healthy or self._pubsub is None:
+                await asyncio.sleep(0.05)
+                continue
+            try:
+                message = await self._pubsub.get_message(timeout=1.0)
+            except (RedisError, OSError) as exc:
+                self._lost(exc)
+                self._wake.set()  # the ops task reconnects
+                continue
+            if message is not None:
+                self._on_message(message)
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        channel = message.get("channel")
+        if kind == "subscribe" and isinstance(channel, bytes):
+            self._confirmed.add(channel)
+            future = self._confirming.get(channel)
+            if future is not None and not future.done():
+                future.set_result(None)
+            return
+        if kind != "message" or not isinstance(channel, bytes):
+            return
+        data = message["data"]
+        head, _, body = data.partition(b"\n")
+        try:
+            node, excluded, event, seq = orjson.loads(head)
+        except (orjson.JSONDecodeError, ValueError):
+            log.warning("malformed message on %r dropped", channel)
+            return
+        if channel == b"lk:*":
+            stream_kind, name = "*", ""
+        else:
+            stream_kind, name = channel[3:4].decode(), channel[5:].decode()
+        if seq is not None:
+            self._delivered[channel] = seq
+            if channel in self._echoes and self._echoes[channel] <= seq:
+                del self._echoes[channel]
+                self._echoed.set()
+        assert self._hub is not None
+        self._hub.deliver(
+            stream_kind,
+            name,
+            body,
+            seq,
+            excluded if node == self.node else (),
+            event,
+            time.perf_counter(),
+        )
+
+    # ------------------------------------------------------------- recovery
+    def recover(self, ws: WsProtocol, kind: str, name: str, epoch: str, seq: int) -> None:
+        if not self.healthy:
+            self._answer_recovery(ws, kind, name, Recovery([], False, "", 0))
+            return
+        # After the subscription the join queued: what follows the snapshot arrives live.
+        self._queue(("recover", ws, kind, name, epoch, seq))
+
+    async def _recover(self, ws: WsProtocol, kind: str, name: str, epoch: str, seq: int) -> None:
+        assert self._redis is not None
+        seq_key, epoch_key, hist_key = _keys(kind, name)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.get(epoch_key)
+        pipe.get(seq_key)
+        pipe.xrange(hist_key, min=f"{seq + 1}-0", max="+")
+        stored_epoch, stored_seq, entries = await pipe.execute()
+        current_epoch = stored_epoch.decode() if stored_epoch else ""
+        current = int(stored_seq or 0)
+        if epoch != current_epoch or seq > current:
+            found = Recovery([], False, current_epoch, current)
+        elif seq == current:
+            found = Recovery([], True, current_epoch, current)
+        else:
+            oldest_ms = time.time() * 1000 - self._ttl_ms
+            kept = [
+                (int(fields[b"t"]), fields[b"p"])
+                for _, fields in entries
+                if int(fields[b"t"]) >= oldest_ms
+            ]
+            events = [payload for _, payload in kept]
+            first = int(entries[len(entries) - len(kept)][0].split(b"-")[0]) if kept else 0
+            complete = bool(kept) and first == seq + 1 and len(events) == current - seq
+            found = Recovery(events, complete, current_epoch, current)
+        self._answer_recovery(ws, kind, name, found)
+
+    def _answer_recovery(self, ws: WsProtocol, kind: str, name: str, found: Recovery) -> None:
+        assert self._hub is not None
+        self._hub.send_recovery(ws, kind, name, found)
