@@ -193,6 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds granted to in-flight work on SIGTERM/SIGINT",
     )
     p.add(
+        "--drain-batch",
+        type=int,
+        default=d.drain_batch,
+        help="at shutdown, WebSockets closed (1001) at a time, so reconnects spread out",
+    )
+    p.add(
+        "--drain-interval",
+        type=float,
+        default=d.drain_interval,
+        help="seconds between two --drain-batch batches",
+    )
+    p.add(
         "--max-message-size",
         type=_size,
         default=lim.max_message_bytes,
@@ -402,6 +414,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         keep_alive_timeout=args.keep_alive_timeout,
         close_timeout=args.close_timeout,
         shutdown_grace=args.shutdown_grace,
+        drain_batch=args.drain_batch,
+        drain_interval=args.drain_interval,
         ws_rate=args.ws_rate,
         ws_burst=args.ws_burst,
         ws_type_limits=type_limits,

@@ -79,6 +79,10 @@ class Config:
     close_timeout: float = 5.0
     #: SIGTERM/SIGINT: time granted to in-flight work before connections are dropped.
     shutdown_grace: float = 10.0
+    #: At shutdown, WebSockets are closed (1001) this many at a time, every
+    #: ``drain_interval`` seconds, so their reconnects do not all land at once.
+    drain_batch: int = 500
+    drain_interval: float = 0.1
     #: Resolution of the single timer sweeper that drives every timeout above.
     timer_resolution: float = 0.25
 
@@ -148,6 +152,8 @@ class Config:
         self.slow_consumer_policies()  # raises ValueError on an unknown policy
         if self.history_size < 0 or self.history_ttl <= 0:
             raise ValueError("history_size must not be negative and history_ttl positive")
+        if self.drain_batch < 1 or self.drain_interval < 0:
+            raise ValueError("drain_batch must be at least 1 and drain_interval not negative")
         if self.presence_grace < 0:
             raise ValueError("presence_grace must not be negative")
         for name in (

@@ -34,7 +34,11 @@ from .supervisor import Supervisor
 from .workers import Registry
 from .ws_protocol import WsProtocol
 
-__all__ = ["Engine"]
+__all__ = ["DRAIN_REASON", "Engine"]
+
+#: The close reason of a shutdown: a client may reconnect at once (to another node)
+#: and resume (docs/recovery.md).
+DRAIN_REASON = "server restarting: reconnect and resume"
 
 log = logging.getLogger("linkd.server")
 
@@ -179,12 +183,13 @@ class Engine:
         state.shutting_down = True
         started = time.monotonic()
         self._server.close()  # stop accepting
-        for ws in list(state.ws_connections):
-            ws.close(CloseCode.GOING_AWAY, "server shutting down")
         for http in list(state.http_connections):
             http.shutdown()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(state.wait_idle(), grace)
+            await asyncio.wait_for(self._close_in_batches(state), grace)
+            await asyncio.wait_for(
+                state.wait_idle(), max(0.0, grace - (time.monotonic() - started))
+            )
         left = len(state.ws_connections) + len(state.http_connections)
         if left:
             log.warning("grace period over: dropping %d connections", left)
@@ -223,6 +228,20 @@ class Engine:
         log.info("stopped in %.2fs", time.monotonic() - started)
         assert self._stopped is not None
         self._stopped.set()
+
+    async def _close_in_batches(self, state: ServerState) -> None:
+        """1001 to every WebSocket, ``drain_batch`` at a time every ``drain_interval``
+        seconds: clients reconnect (elsewhere) spread out, not all in one instant."""
+        batch = self.config.drain_batch
+        interval = self.config.drain_interval
+        connections = list(state.ws_connections)
+        if len(connections) > batch:
+            log.info("closing %d WebSockets, %d every %.2fs", len(connections), batch, interval)
+        for start in range(0, len(connections), batch):
+            if start:
+                await asyncio.sleep(interval)
+            for ws in connections[start : start + batch]:
+                ws.close(CloseCode.GOING_AWAY, DRAIN_REASON)
 
     async def serve(self) -> None:
         """Start, run until SIGINT or SIGTERM, then stop gracefully."""
