@@ -42,6 +42,10 @@ class ServiceError(Exception):
         self.details = details
 
 
+def _spent(request_id: int) -> Any:
+    raise RuntimeError("this call is finished")
+
+
 class Call:
     """One request to a service, from queueing to its reply (or failure)."""
 
@@ -50,13 +54,23 @@ class Call:
     def __init__(self, entry: ServiceEntry, make: MakeRequest, future: asyncio.Future[m.Reply]):
         self.entry = entry
         self.make = make
-        self.future = future
+        #: None once finished (``release``).
+        self.future: asyncio.Future[m.Reply] | None = future
         self.worker: Worker | None = None
         self.id = 0
         self.deadline = math.inf
 
+    def release(self) -> None:
+        """Finished: let go of the request and the reply now. The timer wheel may hold
+        this object until its deadline (the request timeout, 30 s by default): it must
+        not keep a kilobyte per request alive for that long."""
+        self.deadline = math.inf
+        self.make = _spent
+        self.future = None
+        self.worker = None
+
     def on_deadline(self, now: float) -> None:
-        if self.future.done():
+        if self.future is None or self.future.done():
             self.deadline = math.inf
             return
         if self.worker is not None:
@@ -65,7 +79,11 @@ class Call:
             with contextlib.suppress(ValueError):
                 self.entry.queue.remove(self)
         self.deadline = math.inf
-        self.future.set_exception(ServiceError(ErrorCode.TIMEOUT, "the service did not answer"))
+        self.fail(ServiceError(ErrorCode.TIMEOUT, "the service did not answer"))
+
+    def fail(self, error: ServiceError) -> None:
+        if self.future is not None and not self.future.done():
+            self.future.set_exception(error)
 
 
 class Worker:
@@ -96,22 +114,20 @@ class Worker:
             self.proto.send(call.make(call.id))
         except PeerFrameTooLarge:
             del self.in_flight[call.id]
-            call.future.set_exception(
+            call.fail(
                 ServiceError(ErrorCode.PAYLOAD_TOO_LARGE, "request too large for the service")
             )
         except LocalProtocolError:
             # The socket is closing: the same as a worker that went away.
             del self.in_flight[call.id]
-            call.future.set_exception(
-                ServiceError(ErrorCode.SERVICE_UNAVAILABLE, "the service worker went away")
-            )
+            call.fail(ServiceError(ErrorCode.SERVICE_UNAVAILABLE, "the service worker went away"))
 
     def on_reply(self, reply: m.Reply) -> None:
         call = self.in_flight.pop(reply.id, None)
         if call is None:
             return  # timed out earlier: dropped (docs/ipc.md §5 rule 3)
         call.deadline = math.inf
-        if not call.future.done():
+        if call.future is not None and not call.future.done():
             call.future.set_result(reply)
         if self.entry is not None:
             self.entry.pump()
@@ -126,10 +142,7 @@ class Worker:
         calls, self.in_flight = list(self.in_flight.values()), {}
         for call in calls:
             call.deadline = math.inf
-            if not call.future.done():
-                call.future.set_exception(
-                    ServiceError(ErrorCode.SERVICE_UNAVAILABLE, "the service worker went away")
-                )
+            call.fail(ServiceError(ErrorCode.SERVICE_UNAVAILABLE, "the service worker went away"))
 
 
 class ServiceEntry:
@@ -185,6 +198,7 @@ class ServiceEntry:
         try:
             return await future
         finally:
+            call.release()
             registry.state.metrics.observe_ipc(self.name, registry.state.loop.time() - started)
 
     def notify(self, msg: Any) -> None:
@@ -202,19 +216,16 @@ class ServiceEntry:
             if worker is None:
                 return
             call = queue.popleft()
-            if not call.future.done():
+            if call.future is not None and not call.future.done():
                 worker.send_call(call)
 
     def fail_queue(self) -> None:
         calls, self.queue = list(self.queue), deque()
         for call in calls:
             call.deadline = math.inf
-            if not call.future.done():
-                call.future.set_exception(
-                    ServiceError(
-                        ErrorCode.SERVICE_UNAVAILABLE, f"service {self.name} is unavailable"
-                    )
-                )
+            call.fail(
+                ServiceError(ErrorCode.SERVICE_UNAVAILABLE, f"service {self.name} is unavailable")
+            )
 
 
 def _routes(reg: m.Registration) -> tuple[object, ...]:

@@ -123,7 +123,7 @@ class WsProtocol(asyncio.Protocol):
         #: Stream positions to recover (``?recover=``), consumed as the rooms are joined.
         self.recover: RecoverRequest | None = None
         #: Rooms this connection is in (owned by the Hub; None until the first join).
-        self.rooms: set[str] | None = None
+        self.rooms: list[str] | set[str] | None = None
         #: The rooms it was in when it closed (for on_disconnect); shared until then.
         self.left_rooms: list[str] = _NO_ROOMS
         # Loop time at which the connection's token expires (inf: no token or no check).
