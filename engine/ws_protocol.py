@@ -82,6 +82,7 @@ class WsProtocol(asyncio.Protocol):
         "_received_close",
         "_rejected",
         "_rejected_until",
+        "_room",
         "_shed",
         "_state",
         "_transport",
@@ -129,7 +130,9 @@ class WsProtocol(asyncio.Protocol):
         # Loop time at which the connection's token expires (inf: no token or no check).
         self._expires_at = math.inf
         self.deadline = math.inf
-        self._out: list[bytes] | None = None
+        #: Frames corked this iteration: one ``bytes``, or a list of them.
+        self._out: bytes | list[bytes] | None = None
+        self._room = 0  # bytes left under max_outbound_bytes this iteration
         self._out_bytes = 0
         # Created on first use: an empty deque costs ~760 bytes, and most connections
         # never queue a message (inline handlers, idle clients).
@@ -502,22 +505,33 @@ class WsProtocol(asyncio.Protocol):
             return
         transport = self._transport
         assert transport is not None
-        if (
-            self._conn.state is WsState.OPEN
-            and transport.get_write_buffer_size() + self._out_bytes
-            > self._state.limits.max_outbound_bytes
-        ):
+        out = self._out
+        size = len(frame)
+        if out is None:
+            # The transport's buffer cannot change before our flush: read it once per
+            # iteration, then count down what is left under the cap.
+            left = self._state.limits.max_outbound_bytes - transport.get_write_buffer_size()
+        else:
+            left = self._room
+        left -= size
+        if left < 0 and self._conn.state is WsState.OPEN:
             # The frame that tipped it over is dropped along with the corked ones.
             self._state.metrics.dropped_messages += 1
             self._slow_consumer()
             return
-        if self._out is None:
-            self._out = [frame]
-            self._out_bytes = len(frame)
+        self._room = left
+        if out is None:
+            # One frame is kept as is: a list per connection per message would be a
+            # container for the garbage collector to promote and walk.
+            self._out = frame
+            self._out_bytes = size
             self._state.corker.add(self)
         else:
-            self._out.append(frame)
-            self._out_bytes += len(frame)
+            if isinstance(out, bytes):
+                self._out = [out, frame]
+            else:
+                out.append(frame)
+            self._out_bytes += size
 
     def flush(self) -> None:
         """Write every corked frame in one system call (called by the Corker)."""
@@ -530,8 +544,8 @@ class WsProtocol(asyncio.Protocol):
         if transport is None or self._closed or transport.is_closing():
             return
         self._state.metrics.ws_bytes_out += size
-        if len(out) == 1:
-            transport.write(out[0])
+        if isinstance(out, bytes):
+            transport.write(out)
         else:
             transport.writelines(out)
         if self._backlog is not None:
@@ -542,8 +556,9 @@ class WsProtocol(asyncio.Protocol):
         metrics = self._state.metrics
         metrics.slow_consumers += 1
         metrics.count_slow_consumer(Policy.DISCONNECT)
-        if self._out:
-            metrics.dropped_messages += len(self._out)
+        out = self._out
+        if out is not None:
+            metrics.dropped_messages += 1 if isinstance(out, bytes) else len(out)
             self._out = None  # still registered with the corker: flush() sees None
             self._out_bytes = 0
         if self._backlog is not None:
