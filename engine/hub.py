@@ -41,6 +41,7 @@ class Hub:
         "rooms",
         "slow",
         "users",
+        "write_through",
     )
 
     def __init__(
@@ -69,6 +70,9 @@ class Hub:
         #: Numbers publishes and brings them to ``deliver`` (engine/broker.py).
         self.broker: Broker = broker
         self.compression_threshold = compression_threshold
+        #: Write each delivery at once instead of corking it (a lone publish on an idle
+        #: engine: set by the IPC shell around that one emit).
+        self.write_through = False
         #: Streams with a recovery in flight: ``"r:room"`` → connection → the live
         #: events ``(seq, payload)`` held back until its missed ones are sent.
         self.pending: dict[str, dict[WsProtocol, list[tuple[int, bytes]]]] = {}
@@ -340,7 +344,7 @@ class Hub:
         if event is not None and self.slow.lossy:
             policy = self.slow.for_event(event)
             key = f"{kind}:{name}\x00{event}"
-        delivered = fanout(message, targets, None, policy, key)
+        delivered = fanout(message, targets, None, policy, key, self.write_through)
         metrics = self._metrics
         if metrics is not None:
             metrics.fanout_publishes += 1

@@ -80,15 +80,36 @@ class IpcProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         conn = self._conn
         conn.receive_data(data)
-        while self._transport is not None:
-            try:
-                msg = conn.next_message()
-                if msg is None:
-                    return
-                self._dispatch(msg)
-            except IpcProtocolError as exc:
-                self._drop(f"protocol error {exc.reason.value}: {exc.detail}")
+        batch: list[Any] = []
+        failure: IpcProtocolError | None = None
+        try:
+            while (msg := conn.next_message()) is not None:
+                batch.append(msg)
+        except IpcProtocolError as exc:
+            failure = exc  # what came before it is still applied, in order
+        # One emit in this read, nothing corked yet this iteration: the engine is not
+        # busy, so its frames are written as they are queued (subscribers are served
+        # from the first write on) instead of all at the end of the iteration. Several
+        # emits in one read are corked together: one system call per subscriber.
+        emits = sum(1 for msg in batch if isinstance(msg, m.Emit))
+        hub = self._state.hub
+        for msg in batch:
+            if self._transport is None:
                 return
+            try:
+                if emits == 1 and isinstance(msg, m.Emit) and self._state.corker.idle:
+                    hub.write_through = True
+                    try:
+                        self._dispatch(msg)
+                    finally:
+                        hub.write_through = False
+                else:
+                    self._dispatch(msg)
+            except IpcProtocolError as exc:
+                failure = exc
+                break
+        if failure is not None and self._transport is not None:
+            self._drop(f"protocol error {failure.reason.value}: {failure.detail}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._transport is None:

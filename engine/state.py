@@ -57,6 +57,11 @@ class Corker:
             self._scheduled = True
             self._loop.call_soon(self.flush)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing corked in this iteration yet."""
+        return not self._pending
+
     def published(self, started: float) -> None:
         """A publish queued its frames: observe its latency when they are written."""
         self._published.append(started)

@@ -224,6 +224,43 @@ class WsProtocol(asyncio.Protocol):
         self._state.metrics.ws_messages_out += 1
         return True
 
+    def send_now(
+        self, message: OutboundMessage, policy: Policy | None = None, key: str | None = None
+    ) -> bool:
+        """``send_prepared`` then write at once, without corking (a lone publish on an
+        idle engine: the first subscribers are served while the others are queued)."""
+        transport = self._transport
+        if (
+            self._out is not None
+            or self._lossy
+            or self._closed
+            or transport is None
+            or not self._conn.raw_allowed
+        ):
+            sent = self.send_prepared(message, policy, key)
+            self.flush()
+            return sent
+        state = self._state
+        conn = self._conn
+        deflate = conn.deflate
+        if deflate is None:
+            frame = message.plain  # the common case, without the method call
+        else:
+            shared = None
+            if deflate.shared_key is not None:
+                shared = state.shared_deflater(deflate.shared_key)
+            frame = conn.prepared(message, shared)
+        size = len(frame)
+        if transport.get_write_buffer_size() + size > state.limits.max_outbound_bytes:
+            state.metrics.dropped_messages += 1
+            self._slow_consumer()
+            return True  # it was sent to us; the connection is what failed
+        transport.write(frame)
+        metrics = state.metrics
+        metrics.ws_messages_out += 1
+        metrics.ws_bytes_out += size
+        return True
+
     def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Start the closing handshake; TCP is dropped if the peer does not answer."""
         if self._closed:
