@@ -59,7 +59,6 @@ class WsProtocol(asyncio.Protocol):
     __slots__ = (
         "_address_slot",
         "_backlog",
-        "_backlog_bytes",
         "_bucket",
         "_buckets",
         "_busy",
@@ -70,9 +69,7 @@ class WsProtocol(asyncio.Protocol):
         "_endpoint",
         "_expires_at",
         "_inbox",
-        "_keyed",
         "_last_rx",
-        "_lossy",
         "_out",
         "_out_bytes",
         "_paused",
@@ -83,7 +80,6 @@ class WsProtocol(asyncio.Protocol):
         "_rejected",
         "_rejected_until",
         "_room",
-        "_shed",
         "_state",
         "_transport",
         "_write_ready",
@@ -158,12 +154,9 @@ class WsProtocol(asyncio.Protocol):
         # Slow-consumer policy (engine/slow.py). Lossy connections hold messages in an
         # engine-side backlog while the transport is above its high-water mark.
         slow = state.slow
-        self._policy = slow.for_path(request.path)
-        self._lossy = slow.lossy
-        self._backlog: deque[_Held] | None = None
-        self._backlog_bytes = 0
-        self._keyed: dict[str, _Held] | None = None  # conflate: the held message per key
-        self._shed = 0  # messages dropped or replaced in the current slow episode
+        #: The path's policy when some policy may drop (engine/slow.py); None: never.
+        self._policy: Policy | None = slow.for_path(request.path) if slow.lossy else None
+        self._backlog: _Backlog | None = None
 
     def authenticate(self, identity: Identity) -> None:
         """Attach a verified token (before ``connection_made``: the hub indexes users)."""
@@ -194,7 +187,7 @@ class WsProtocol(asyncio.Protocol):
             self._state.metrics.dropped_messages += 1
             return False
         frame = self._conn.send(data)
-        if self._lossy:
+        if self._policy is not None:
             self._queue_message(frame, self._policy, None)
         else:
             self._queue(frame)
@@ -217,7 +210,7 @@ class WsProtocol(asyncio.Protocol):
         if deflate is not None and deflate.shared_key is not None:
             shared = self._state.shared_deflater(deflate.shared_key)
         frame = self._conn.prepared(message, shared)
-        if self._lossy:
+        if self._policy is not None:
             self._queue_message(frame, self._policy if policy is None else policy, key)
         else:
             self._queue(frame)
@@ -232,7 +225,7 @@ class WsProtocol(asyncio.Protocol):
         transport = self._transport
         if (
             self._out is not None
-            or self._lossy
+            or self._policy is not None
             or self._closed
             or transport is None
             or not self._conn.raw_allowed
@@ -343,7 +336,7 @@ class WsProtocol(asyncio.Protocol):
         self._out = None
         if self._backlog is not None:
             self._state.metrics.dropped_messages += len(self._backlog)
-            self._backlog = self._keyed = None
+            self._backlog = None
         self._conn.release()
         self.left_rooms = self._state.hub.remove(self)
         self._state.metrics.ws_open -= 1
@@ -600,7 +593,7 @@ class WsProtocol(asyncio.Protocol):
             self._out_bytes = 0
         if self._backlog is not None:
             metrics.dropped_messages += len(self._backlog)
-            self._backlog = self._keyed = None
+            self._backlog = None
         log.warning(
             "ws %d: slow consumer on %s from %s, user %s: closing with 1013",
             self.id,
@@ -631,17 +624,17 @@ class WsProtocol(asyncio.Protocol):
     def _hold(self, frame: bytes, policy: Policy, key: str | None) -> None:
         backlog = self._backlog
         if backlog is None:
-            backlog = self._backlog = deque()
+            backlog = self._backlog = _Backlog()
         if policy is Policy.CONFLATE and key is not None:
-            keyed = self._keyed
+            keyed = backlog.keyed
             if keyed is None:
-                keyed = self._keyed = {}
+                keyed = backlog.keyed = {}
             held = keyed.get(key)
             if held is not None and self._paused & _PAUSE_WRITE:
                 # Backed up (the transport is over its high-water mark): the newer value
                 # takes the older one's place in line. Not merely busy: a burst to a
                 # client that keeps up is delivered whole.
-                self._backlog_bytes += len(frame) - len(held.frame)
+                backlog.size += len(frame) - len(held.frame)
                 held.frame = frame
                 self._state.metrics.count_shed(Policy.CONFLATE)
                 self._fired(Policy.CONFLATE)
@@ -650,11 +643,11 @@ class WsProtocol(asyncio.Protocol):
         else:
             held = _Held(frame, policy, None)
         backlog.append(held)
-        self._backlog_bytes += len(frame)
+        backlog.size += len(frame)
         transport = self._transport
         assert transport is not None
         limit = self._state.limits.max_outbound_bytes
-        while self._backlog_bytes + transport.get_write_buffer_size() > limit and backlog:
+        while backlog.size + transport.get_write_buffer_size() > limit and backlog:
             oldest = backlog[0]
             if oldest.policy is Policy.DISCONNECT:
                 # It may not be lost, and it cannot be delivered in time.
@@ -670,9 +663,12 @@ class WsProtocol(asyncio.Protocol):
             self._release()
 
     def _forget(self, held: _Held) -> None:
-        self._backlog_bytes -= len(held.frame)
-        if held.key is not None and self._keyed is not None and self._keyed.get(held.key) is held:
-            del self._keyed[held.key]
+        backlog = self._backlog
+        assert backlog is not None
+        backlog.size -= len(held.frame)
+        keyed = backlog.keyed
+        if held.key is not None and keyed is not None and keyed.get(held.key) is held:
+            del keyed[held.key]
 
     def _release(self, force: bool = False) -> None:
         """Move held messages to the cork: at least one when the transport is not
@@ -695,20 +691,21 @@ class WsProtocol(asyncio.Protocol):
             if self._backlog is None:
                 return  # _queue found the connection over its cap and closed it
         if not backlog:
-            self._backlog = self._keyed = None
-            self._backlog_bytes = 0
-            if self._shed:
+            self._backlog = None
+            if backlog.shed:
                 log.info(
                     "ws %d user %s: caught up after %d messages dropped or conflated",
                     self.id,
                     self.user_id or "-",
-                    self._shed,
+                    backlog.shed,
                 )
-                self._shed = 0
 
     def _fired(self, policy: Policy) -> None:
-        """A lossy policy dropped or replaced a message: one event and log line per episode."""
-        if not self._shed:
+        """A lossy policy dropped or replaced a message: one event and log line per episode
+        (an episode: from the backlog's first loss until it has drained)."""
+        backlog = self._backlog
+        assert backlog is not None
+        if not backlog.shed:
             self._state.metrics.count_slow_consumer(policy)
             log.warning(
                 "ws %d: slow consumer on %s from %s, user %s: %s (kept open)",
@@ -718,7 +715,7 @@ class WsProtocol(asyncio.Protocol):
                 self.user_id or "-",
                 policy.label,
             )
-        self._shed += 1
+        backlog.shed += 1
 
     # -------------------------------------------------------- flow control
     def _pause(self, reason: int) -> None:
@@ -790,6 +787,20 @@ class WsProtocol(asyncio.Protocol):
 
 #: The ``left_rooms`` of every open connection (never mutated: replaced at close).
 _NO_ROOMS: list[str] = []
+
+
+class _Backlog(deque["_Held"]):
+    """Messages a lossy connection holds back, their size, what conflation keys them."""
+
+    __slots__ = ("keyed", "shed", "size")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.size = 0
+        #: conflate: the held message of each key.
+        self.keyed: dict[str, _Held] | None = None
+        #: Messages dropped or replaced in this episode.
+        self.shed = 0
 
 
 class _Held:

@@ -9,6 +9,7 @@ follow a 101 to the WebSocket core (``trailing_data``: nothing is parsed twice).
 
 from __future__ import annotations
 
+import sys
 from enum import Enum
 from http import HTTPStatus
 from typing import Final
@@ -223,10 +224,12 @@ class HttpConn:
         body = b"".join(self._body)
         self._body = []
         return HttpRequest(
-            method=req.method.decode("ascii"),
-            path=path,
+            # A WebSocket keeps its request for life: share the strings every request
+            # repeats ("GET", "1.1", its path) instead of one copy per connection.
+            method=sys.intern(req.method.decode("ascii")),
+            path=sys.intern(path),
             query=query,
-            http_version=req.http_version.decode("ascii"),
+            http_version=sys.intern(req.http_version.decode("ascii")),
             raw_headers=raw_headers,
             body=body,
             upgrade=upgrade,

@@ -77,7 +77,7 @@ async def flood(engine: Engine, proto: WsProtocol, n: int, emit: Callable[[int],
         for _ in range(50):
             emit(sent)
             sent += 1
-        peak = max(peak, proto._backlog_bytes)
+        peak = max(peak, proto._backlog.size if proto._backlog is not None else 0)
         await asyncio.sleep(0)  # let the corker flush, as between IPC reads
     assert peak <= CAP  # the backlog never holds more than the cap
     return sent
