@@ -320,6 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds an event stays recoverable",
     )
     p.add(
+        "--presence-lease",
+        type=float,
+        default=d.presence_lease,
+        help="with --redis: seconds a node's presence lease lives; a dead node's users "
+        "leave presence within about this long",
+    )
+    p.add(
         "--presence-grace",
         type=float,
         default=d.presence_grace,
@@ -428,6 +435,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_connections_per_ip=args.max_connections_per_ip,
         max_connections_per_user=args.max_connections_per_user,
         presence_grace=args.presence_grace,
+        presence_lease=args.presence_lease,
         history_size=args.history_size,
         history_ttl=args.history_ttl,
         new_connections_per_ip=args.new_connections_per_ip,

@@ -122,6 +122,9 @@ class Config:
     #: A user whose last connection closed stays online this long (seconds), so a
     #: reload or a quick reconnect does not flap offline/online. 0: offline at once.
     presence_grace: float = 5.0
+    #: With Redis: a node's presence lease (seconds); a node that dies disappears from
+    #: presence within about this long plus a third of it.
+    presence_lease: float = 10.0
 
     limits: Limits = field(default_factory=Limits)
     deflate: DeflateOptions = field(default_factory=DeflateOptions)
@@ -154,6 +157,8 @@ class Config:
             raise ValueError("history_size must not be negative and history_ttl positive")
         if self.drain_batch < 1 or self.drain_interval < 0:
             raise ValueError("drain_batch must be at least 1 and drain_interval not negative")
+        if self.presence_lease <= 0:
+            raise ValueError("presence_lease must be positive")
         if self.presence_grace < 0:
             raise ValueError("presence_grace must not be negative")
         for name in (

@@ -23,6 +23,7 @@ from .slow import PolicyTable
 
 if TYPE_CHECKING:
     from .metrics import Metrics
+    from .redis_presence import RedisPresence
     from .state import Corker
     from .ws_protocol import WsProtocol
 
@@ -46,7 +47,7 @@ class Hub:
 
     def __init__(
         self,
-        presence: Presence | None = None,
+        presence: Presence | RedisPresence | None = None,
         slow: PolicyTable | None = None,
         metrics: Metrics | None = None,
         corker: Corker | None = None,
@@ -139,7 +140,10 @@ class Hub:
         if members is None:
             members = self.rooms[room] = set()
             self.broker.watch("r", room)
-        members.add(ws)
+        if ws not in members:
+            members.add(ws)
+            if ws.user_id is not None and self.presence is not None:
+                self.presence.room_joined(room, ws.user_id)
         recover = ws.recover
         if recover is not None:
             position = recover.rooms.pop(room, None)
@@ -203,8 +207,10 @@ class Hub:
 
     def _discard(self, room: str, ws: WsProtocol) -> None:
         members = self.rooms.get(room)
-        if members is not None:
+        if members is not None and ws in members:
             members.discard(ws)
+            if ws.user_id is not None and self.presence is not None:
+                self.presence.room_left(room, ws.user_id)
             if not members:
                 del self.rooms[room]
                 self.broker.unwatch("r", room)

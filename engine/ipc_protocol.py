@@ -9,11 +9,13 @@ reason logged; its calls in flight fail with SERVICE_UNAVAILABLE.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from typing import TYPE_CHECKING, Any, cast
 
 import orjson
+from redis.exceptions import RedisError
 
 from protocol import LocalProtocolError
 from protocol.ipc import IpcConn, IpcError, IpcProtocolError, Role
@@ -224,7 +226,10 @@ class IpcProtocol(asyncio.Protocol):
             if ws is not None:
                 ws.close(code, msg.reason)
         elif isinstance(msg, m.Query):
-            self.send(self._answer(msg))
+            if msg.what in ("presence", "online") and self._state.config.redis_url:
+                self._state.spawn(self._answer_cluster(msg))  # asks Redis
+            else:
+                self.send(self._answer(msg))
         elif isinstance(msg, m.Ping):
             self.send(m.Pong(msg.n))
         elif isinstance(msg, m.Pong):
@@ -247,6 +252,28 @@ class IpcProtocol(asyncio.Protocol):
                 self._set_deadline(self._state.loop.time() + self._registry.heartbeat)
             else:
                 self.deadline = math.inf  # heartbeat 0: no pings (docs/ipc.md §4.6)
+
+    async def _answer_cluster(self, query: m.Query) -> None:
+        """Presence questions answered from Redis: the same answer on every node."""
+        from .redis_presence import RedisPresence
+
+        presence = self._state.presence
+        assert isinstance(presence, RedisPresence)
+        try:
+            if query.what == "presence" and query.room is not None:
+                value: Any = await presence.room_users(query.room)
+            elif query.what == "online" and query.user is not None:
+                value = await presence.online(query.user)
+            else:
+                self.send(self._answer(query))
+                return
+            result = m.Result(query.id, json=orjson.dumps(value))
+        except (OSError, RedisError):
+            result = m.Result(
+                query.id, error=m.ErrorInfo("SERVICE_UNAVAILABLE", "presence is unavailable")
+            )
+        with contextlib.suppress(LocalProtocolError):
+            self.send(result)
 
     def _answer(self, query: m.Query) -> m.Result:
         hub = self._state.hub

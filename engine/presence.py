@@ -43,6 +43,15 @@ class Presence:
     def online_users(self) -> list[str]:
         return sorted(self._online)
 
+    async def online(self, user_id: str) -> bool:
+        return self.is_online(user_id)
+
+    def room_joined(self, room: str, user_id: str) -> None:
+        """Room presence is the hub's own index on one node: nothing to record."""
+
+    def room_left(self, room: str, user_id: str) -> None:
+        """See ``room_joined``."""
+
     def connected(self, user_id: str, username: str | None) -> None:
         """The user's first open connection (the hub counts the tabs)."""
         pending = self._leaving.pop(user_id, None)

@@ -98,7 +98,14 @@ class RedisBroker:
         self._keep_ms = int(max(config.history_ttl * 10, 600.0) * 1000)
         self.healthy = False
         self._hub: Hub | None = None
-        self._redis: aioredis.Redis | None = None
+        # No retries inside redis-py: a failure must reach us at once (local fallback,
+        # our own reconnect with backoff and resubscription).
+        self._redis: aioredis.Redis | None = aioredis.Redis.from_url(
+            self._url,
+            socket_connect_timeout=2.0,
+            socket_timeout=5.0,
+            retry=Retry(NoBackoff(), 0),
+        )
         self._pubsub: Any = None
         self._script: Any = None
         #: Channels this node wants, and those Redis confirmed.
@@ -117,17 +124,16 @@ class RedisBroker:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
+    @property
+    def client(self) -> aioredis.Redis:
+        """The command connection pool (presence shares it)."""
+        assert self._redis is not None
+        return self._redis
+
     # ------------------------------------------------------------ lifecycle
     async def start(self, hub: Hub) -> None:
         self._hub = hub
-        # No retries inside redis-py: a failure must reach us at once (local fallback,
-        # our own reconnect with backoff and resubscription).
-        self._redis = aioredis.Redis.from_url(
-            self._url,
-            socket_connect_timeout=2.0,
-            socket_timeout=5.0,
-            retry=Retry(NoBackoff(), 0),
-        )
+        assert self._redis is not None
         self._script = self._redis.register_script(_PUBLISH)
         with contextlib.suppress(RedisError, OSError):
             await self._connect()

@@ -27,7 +27,7 @@ from .fanout import fanout, prepare
 from .http_protocol import HttpProtocol
 from .ipc_server import start_ipc_server
 from .metrics import Metrics
-from .presence import PresenceListener
+from .presence import Presence, PresenceListener
 from .services import mount_service
 from .state import ServerState
 from .supervisor import Supervisor
@@ -140,6 +140,9 @@ class Engine:
         self._stopped = asyncio.Event()
         state.presence.listeners.extend(self._presence_listeners)
         await state.broker.start(state.hub)
+        presence = state.presence
+        if not isinstance(presence, Presence):
+            presence.start()
         config = self.config
         state.registry = Registry(
             state,
@@ -222,6 +225,8 @@ class Engine:
             if self.config.ipc_path:
                 with contextlib.suppress(OSError):
                     os.unlink(self.config.ipc_path)
+        if not isinstance(state.presence, Presence):
+            await state.presence.stop()  # before the broker: they share its client
         await state.broker.stop()
         state.close()
         self._server = None

@@ -22,6 +22,7 @@ from .sweeper import Sweeper
 
 if TYPE_CHECKING:
     from .http_protocol import HttpProtocol
+    from .redis_presence import RedisPresence
     from .workers import Registry
     from .ws_protocol import WsProtocol
 
@@ -97,9 +98,21 @@ class ServerState:
         self.corker = Corker(loop, metrics.fanout_latency)
         #: Slow-consumer policies by path and event type.
         self.slow = config.slow_consumer_policies()
-        self.presence = Presence(loop, config.presence_grace)
+        self.presence: Presence | RedisPresence = Presence(loop, config.presence_grace)
         self.history = StreamHistory(config.history_size, config.history_ttl, loop.time)
         self.broker: Broker = self._make_broker(config)
+        if config.redis_url:
+            from .redis_broker import RedisBroker
+            from .redis_presence import RedisPresence
+
+            assert isinstance(self.broker, RedisBroker)
+            self.presence = RedisPresence(
+                loop,
+                self.broker.client,
+                self.broker.node,
+                config.presence_grace,
+                config.presence_lease,
+            )
         self.hub = Hub(
             self.presence,
             self.slow,
