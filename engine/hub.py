@@ -296,7 +296,7 @@ class Hub:
         message = OutboundMessage(
             payload, text=True, compression_threshold=self.compression_threshold
         )
-        return self._fan(message, targets, kind, name, exclude, event, started)
+        return self._fan(message, targets, kind, name, exclude, event, started, kind in FIELDS)
 
     def emit(
         self,
@@ -332,6 +332,20 @@ class Hub:
             return 0
         return self._fan(message, targets, kind, name, exclude, event, started)
 
+    def _skip(self, payload: bytes, excluded: list[WsProtocol], field: bytes) -> None:
+        """An excluded connection still learns the event's number (``linkd.skip``), so
+        its stream has no hole: a client's positions stay exact (docs/recovery.md)."""
+        at = payload.rfind(b',"' + field + b'":')
+        if at < 0 or not payload.endswith(b"}"):
+            return  # not numbered
+        skip = OutboundMessage(
+            b'{"type":"linkd.skip"' + payload[at:],
+            text=True,
+            compression_threshold=self.compression_threshold,
+        )
+        for ws in excluded:
+            ws.send_prepared(skip)
+
     def _fan(
         self,
         message: OutboundMessage,
@@ -341,11 +355,17 @@ class Hub:
         exclude: Iterable[int],
         event: str | None,
         started: float,
+        numbered: bool = False,
     ) -> int:
         if exclude:
             excluded = set(exclude)
-            # Filtering costs only the excluded; the others pay nothing extra.
-            targets = [ws for ws in targets if ws.id not in excluded]
+            kept: list[WsProtocol] = []
+            skipped: list[WsProtocol] = []
+            for ws in targets:
+                (skipped if ws.id in excluded else kept).append(ws)
+            targets = kept
+            if skipped and numbered:
+                self._skip(message.payload, skipped, FIELDS[kind])
         policy = key = None
         if event is not None and self.slow.lossy:
             policy = self.slow.for_event(event)

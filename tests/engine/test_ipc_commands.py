@@ -62,6 +62,8 @@ class Client:
         self._next_id = 100
         #: ``(room or "@user", seq, epoch)`` of each numbered event received, in order.
         self.positions: list[tuple[str, int, str]] = []
+        #: ``linkd.skip`` frames received (events this connection was excluded from).
+        self.skipped = 0
 
     async def request(self, message_type: str, data: Any = None) -> Any:
         """Send with an id; return the ack (the next frame must be it)."""
@@ -74,11 +76,14 @@ class Client:
 
     async def recv(self, timeout: float = 2.0) -> Any:  # noqa: ASYNC109
         """The next frame, with a room event's position moved to ``self.positions``."""
-        frame = orjson.loads(await asyncio.wait_for(self.ws.recv(), timeout))
-        if "seq" in frame:
-            stream = frame.pop("room", None) or "@" + frame.pop("user")
-            self.positions.append((stream, frame.pop("seq"), frame.pop("epoch")))
-        return frame
+        while True:
+            frame = orjson.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+            if "seq" in frame:
+                stream = frame.pop("room", None) or "@" + frame.pop("user")
+                self.positions.append((stream, frame.pop("seq"), frame.pop("epoch")))
+            if frame.get("type") != "linkd.skip":
+                return frame
+            self.skipped += 1  # excluded from that event: only its number came
 
 
 @asynccontextmanager
@@ -154,6 +159,8 @@ async def test_emit_with_exclude(ipc_path: str) -> None:
         assert await a.recv() == {"type": "news", "data": 1}
         assert await c.recv() == {"type": "news", "data": 1}
         await assert_next_is_marker(b, worker)
+        # b was told the number it was excluded from: its stream has no hole.
+        assert b.skipped == 1 and b.positions[-1][:2] == ("room", a.positions[-1][1])
 
 
 async def test_emit_to_one_connection(ipc_path: str) -> None:
