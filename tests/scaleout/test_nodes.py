@@ -173,3 +173,29 @@ async def test_redis_outage_keeps_local_delivery_and_cross_node_delivery_resumes
                             break
             status, body = await asyncio.to_thread(a.request, "GET", "/health")
             assert orjson.loads(body)["status"] == "healthy"
+
+
+@pytest.mark.asyncio
+async def test_beyond_redis_retention_recovery_says_incomplete(redis_url: str) -> None:
+    room = room_name()
+    # --history-ttl: Redis trims the size approximately (MAXLEN ~, blocks of ~100), the
+    # age is exact: events older than the TTL are never replayed.
+    with nodes(redis_url, 2, "--history-ttl", "1") as (a, b):
+        async with Client.open(a.port) as first:
+            await first.call("demo.join", {"room": room})
+            async with Client.open(b.port) as pub:
+                await pub.call("demo.emit", {"room": room, "event": "e", "data": 0})
+                seen = await first.event("e", timeout=10.0)
+                for i in range(1, 6):  # first is still connected: wait for each below
+                    await pub.call("demo.emit", {"room": room, "event": "e", "data": i})
+                await events_of(first, "e", 5)
+        await asyncio.sleep(1.3)  # every missed event is now older than the TTL
+        param = recover_param({"rooms": {room: [seen["epoch"], seen["seq"]]}})
+        async with Client.open(b.port, f"/ws/demo?recover={param}") as back:
+            await back.call("demo.join", {"room": room})
+            verdict = await back.event("linkd.recovered", timeout=10.0)
+            kept = [f for f in back.frames if f.get("type") == "e"]
+    # Five missed, all expired: nothing replayed, and never presented as complete.
+    assert verdict["data"]["recovered"] is False
+    assert verdict["data"]["seq"] == seen["seq"] + 5 and verdict["data"]["missed"] == 0
+    assert kept == []
