@@ -75,6 +75,8 @@ return seq
 """
 
 _BATCH = 256
+#: Publishes waiting for Redis beyond this are delivered locally instead (bounded memory).
+MAX_QUEUED = 100_000
 
 
 def _channel(kind: str, name: str) -> bytes:
@@ -123,6 +125,7 @@ class RedisBroker:
         self._busy = False
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._overflowing = False
 
     @property
     def client(self) -> aioredis.Redis:
@@ -223,9 +226,14 @@ class RedisBroker:
         started: float,
     ) -> None:
         excluded = list(exclude)
-        if not self.healthy:
+        if not self.healthy or len(self._ops) >= MAX_QUEUED:
+            # Redis unreachable, or too far behind to queue more: this node only.
+            if self.healthy and not self._overflowing:
+                log.warning("%d operations waiting for Redis: delivering locally", MAX_QUEUED)
+            self._overflowing = self.healthy
             self._deliver_locally(kind, name, payload, excluded, event, started)
             return
+        self._overflowing = False
         self._queue(("pub", kind, name, payload, excluded, event, started))
 
     def _deliver_locally(

@@ -38,6 +38,8 @@ _COUNT = "lk:count"
 _ONLINE = "lk:online"
 _NAMES = "lk:names"
 _NODES = "lk:nodes"
+#: Presence updates kept while Redis is unreachable (bounded memory).
+MAX_QUEUED = 100_000
 
 # KEYS: node's users, counts, online, names. ARGV: user, username ('' for none).
 _CONNECT = """
@@ -96,6 +98,7 @@ class RedisPresence:
         self._tasks: list[asyncio.Task[None]] = []
         self._timers: set[asyncio.TimerHandle] = set()
         self._stopping = False
+        self._dropping = False
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -194,6 +197,14 @@ class RedisPresence:
     def _queue(self, op: tuple[Any, ...]) -> None:
         if self._stopping:
             return
+        if len(self._ops) >= MAX_QUEUED:
+            # Redis has been unreachable for long: bounded memory first. The counts of
+            # this node are then off until its connections come and go again.
+            if not self._dropping:
+                log.error("%d presence updates waiting for Redis: dropping new ones", MAX_QUEUED)
+            self._dropping = True
+            return
+        self._dropping = False
         self._ops.append(op)
         self._wake.set()
 
