@@ -256,14 +256,14 @@ class Hub:
         which may deliver it later (Redis: when it comes back from the channel).
         """
         started = time.perf_counter()
-        if room is not None:
-            self.broker.publish("r", room, payload, exclude, event, started)
-        elif user is not None:
-            self.broker.publish("u", user, payload, exclude, event, started)
-        elif everyone:
-            self.broker.publish("*", "", payload, exclude, event, started)
-        elif conn is not None:
-            self.deliver("c", str(conn), payload, None, exclude, event, started)
+        target = _target(room, user, conn, everyone)
+        if target is None:
+            return
+        kind, name = target
+        if kind == "c":  # a worker only knows its own node's connections
+            self.deliver(kind, name, payload, None, exclude, event, started)
+        else:
+            self.broker.publish(kind, name, payload, exclude, event, started)
 
     def deliver(
         self,
@@ -277,16 +277,7 @@ class Hub:
     ) -> int:
         """Queue a published event to the local connections concerned (the broker's
         callback). ``seq``: its number in its stream (held back for recoveries)."""
-        targets: Iterable[WsProtocol]
-        if kind == "r":
-            targets = self.rooms.get(name, ())
-        elif kind == "u":
-            targets = self.users.get(name, ())
-        elif kind == "*":
-            targets = self.by_id.values()
-        else:
-            ws = self.by_id.get(int(name))
-            targets = (ws,) if ws is not None else ()
+        targets = self._targets(kind, name)
         if self.pending and seq is not None:
             waiting = self.pending.get(f"{kind}:{name}")
             if waiting:
@@ -296,7 +287,7 @@ class Hub:
         message = OutboundMessage(
             payload, text=True, compression_threshold=self.compression_threshold
         )
-        return self._fan(message, targets, kind, name, exclude, event, started, kind in FIELDS)
+        return self.fan(message, targets, kind, name, exclude, event, started, kind in FIELDS)
 
     def emit(
         self,
@@ -314,23 +305,23 @@ class Hub:
         ``event``: the event type, for its slow-consumer policy and conflation key.
         """
         started = time.perf_counter()
-        targets: Iterable[WsProtocol]
-        if room is not None:
-            kind, name = "r", room
-            targets = self.rooms.get(room, ())
-        elif user is not None:
-            kind, name = "u", user
-            targets = self.users.get(user, ())
-        elif conn is not None:
-            kind, name = "c", str(conn)
-            ws = self.by_id.get(conn)
-            targets = (ws,) if ws is not None else ()
-        elif everyone:
-            kind, name = "*", ""
-            targets = self.by_id.values()
-        else:
+        target = _target(room, user, conn, everyone)
+        if target is None:
             return 0
-        return self._fan(message, targets, kind, name, exclude, event, started)
+        kind, name = target
+        return self.fan(message, self._targets(*target), kind, name, exclude, event, started)
+
+    def _targets(self, kind: str, name: str) -> Iterable[WsProtocol]:
+        """The local connections of a room ``r``, a user ``u``, one connection ``c``
+        (its id as text) or everyone ``*``."""
+        if kind == "r":
+            return self.rooms.get(name, ())
+        if kind == "u":
+            return self.users.get(name, ())
+        if kind == "*":
+            return self.by_id.values()
+        ws = self.by_id.get(int(name))
+        return (ws,) if ws is not None else ()
 
     def _skip(self, payload: bytes, excluded: list[WsProtocol], field: bytes) -> None:
         """An excluded connection still learns the event's number (``linkd.skip``), so
@@ -346,17 +337,21 @@ class Hub:
         for ws in excluded:
             ws.send_prepared(skip)
 
-    def _fan(
+    def fan(
         self,
         message: OutboundMessage,
         targets: Iterable[WsProtocol],
-        kind: str,
-        name: str,
-        exclude: Iterable[int],
-        event: str | None,
-        started: float,
+        kind: str = "*",
+        name: str = "",
+        exclude: Iterable[int] = (),
+        event: str | None = None,
+        started: float | None = None,
         numbered: bool = False,
     ) -> int:
+        """Queue ``message`` to ``targets`` minus ``exclude``, counting it in the
+        metrics; ``kind``/``name``/``event`` select its slow-consumer policy and key."""
+        if started is None:
+            started = time.perf_counter()
         if exclude:
             excluded = set(exclude)
             kept: list[WsProtocol] = []
@@ -378,6 +373,21 @@ class Hub:
             if delivered and self._corker is not None:
                 self._corker.published(started)
         return delivered
+
+
+def _target(
+    room: str | None, user: str | None, conn: int | None, everyone: bool
+) -> tuple[str, str] | None:
+    """The one target of an emit as ``(kind, name)``; rooms first, as documented."""
+    if room is not None:
+        return "r", room
+    if user is not None:
+        return "u", user
+    if everyone:
+        return "*", ""
+    if conn is not None:
+        return "c", str(conn)
+    return None
 
 
 #: A connection's rooms are a list up to this many (membership tests are short), a set

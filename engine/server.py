@@ -23,7 +23,7 @@ from protocol import CloseCode
 from .app import HttpHandler, Routes, WebSocketEndpoint
 from .config import Config
 from .echo import EchoEndpoint
-from .fanout import fanout, prepare
+from .fanout import prepare
 from .http_protocol import HttpProtocol
 from .ipc_server import start_ipc_server
 from .metrics import Metrics
@@ -87,17 +87,11 @@ class Engine:
         Returns the number of connections it was queued to. Never waits for any of
         them: slow ones are handled by the slow-consumer policy.
         """
-        started = time.perf_counter()
         state = self.state
         message = prepare(data, state.limits.compression_threshold)
         # Iterating the live set is safe: queuing never removes a connection from it
         # (a slow consumer is closed later, in connection_lost).
-        delivered = fanout(message, state.ws_connections if targets is None else targets)
-        state.metrics.fanout_publishes += 1
-        state.metrics.fanout_deliveries += delivered
-        if delivered:
-            state.corker.published(started)
-        return delivered
+        return state.hub.fan(message, state.ws_connections if targets is None else targets)
 
     def on_presence(self, listener: PresenceListener) -> PresenceListener:
         """Call ``listener(user_id, username, online)`` when a user comes or goes.

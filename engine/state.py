@@ -99,7 +99,6 @@ class ServerState:
         #: Slow-consumer policies by path and event type.
         self.slow = config.slow_consumer_policies()
         self.presence: Presence | RedisPresence = Presence(loop, config.presence_grace)
-        self.history = StreamHistory(config.history_size, config.history_ttl, loop.time)
         self.broker: Broker = self._make_broker(config)
         if config.redis_url:
             from .redis_broker import RedisBroker
@@ -123,7 +122,10 @@ class ServerState:
         )
         if isinstance(self.broker, LocalBroker):
             self.broker.attach(self.hub)
-        self._prune_timer: asyncio.TimerHandle | None = loop.call_later(60.0, self._prune)
+        # The in-memory history is pruned here; Redis expires its own keys.
+        self._prune_timer: asyncio.TimerHandle | None = (
+            loop.call_later(60.0, self._prune) if isinstance(self.broker, LocalBroker) else None
+        )
         #: Upgrade-time caps: open connections in all and per address, new ones per address.
         self.limiter = ConnectionLimiter(
             max_connections=config.max_connections,
@@ -154,10 +156,11 @@ class ServerState:
             from .redis_broker import RedisBroker  # redis is only imported when used
 
             return RedisBroker(config, self.metrics)
-        return LocalBroker(self.history)
+        return LocalBroker(StreamHistory(config.history_size, config.history_ttl, self.loop.time))
 
     def _prune(self) -> None:
-        self.history.prune()
+        assert isinstance(self.broker, LocalBroker)
+        self.broker.history.prune()
         self._prune_timer = self.loop.call_later(60.0, self._prune)
 
     def close(self) -> None:

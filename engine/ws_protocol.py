@@ -205,17 +205,24 @@ class WsProtocol(asyncio.Protocol):
         if not self._conn.raw_allowed or self._closed:
             self._state.metrics.dropped_messages += 1
             return False
-        deflate = self._conn.deflate
-        shared = None
-        if deflate is not None and deflate.shared_key is not None:
-            shared = self._state.shared_deflater(deflate.shared_key)
-        frame = self._conn.prepared(message, shared)
+        frame = self._frame(message)
         if self._policy is not None:
             self._queue_message(frame, self._policy if policy is None else policy, key)
         else:
             self._queue(frame)
         self._state.metrics.ws_messages_out += 1
         return True
+
+    def _frame(self, message: OutboundMessage) -> bytes:
+        """The frame of a pre-built message this connection takes (engine/fanout.py)."""
+        conn = self._conn
+        deflate = conn.deflate
+        if deflate is None:
+            return message.plain  # the common case, without the method call
+        shared = None
+        if deflate.shared_key is not None:
+            shared = self._state.shared_deflater(deflate.shared_key)
+        return conn.prepared(message, shared)
 
     def send_now(
         self, message: OutboundMessage, policy: Policy | None = None, key: str | None = None
@@ -234,15 +241,7 @@ class WsProtocol(asyncio.Protocol):
             self.flush()
             return sent
         state = self._state
-        conn = self._conn
-        deflate = conn.deflate
-        if deflate is None:
-            frame = message.plain  # the common case, without the method call
-        else:
-            shared = None
-            if deflate.shared_key is not None:
-                shared = state.shared_deflater(deflate.shared_key)
-            frame = conn.prepared(message, shared)
+        frame = self._frame(message)
         size = len(frame)
         if transport.get_write_buffer_size() + size > state.limits.max_outbound_bytes:
             state.metrics.dropped_messages += 1
