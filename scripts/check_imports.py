@@ -13,6 +13,8 @@ from pathlib import Path
 FORBIDDEN = {
     "protocol": {"engine", "sdk", "asyncio", "socket", "time", "uvloop", "redis", "asyncpg"},
     "sdk": {"engine"},
+    # The client is what applications embed: it knows only the wire, not our internals.
+    "clients/python/linkd_client": {"engine", "sdk", "protocol"},
 }
 
 

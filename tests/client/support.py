@@ -43,7 +43,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from sdk.client import Backoff, Client, State
+from linkd_client import Backoff, Client, State
 
 Event = dict[str, Any]
 

@@ -1,4 +1,4 @@
-"""sdk.client through a REAL engine process and the demo service: a client whose TCP
+"""linkd_client through a REAL engine process and the demo service: a client whose TCP
 connection is cut while events are emitted gets exactly what it missed, then the
 ``linkd.recovered`` verdict; beyond the history (``--history-size 3``) it is told the
 recovery is incomplete.
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sdk.client import Client, Event, Stream
+from linkd_client import Client, Event, Stream
 from tests.client.support import Proxy, new_client, until_state
 from tests.helpers.proc import EngineProcess
 from tests.integration.support import demo_engine

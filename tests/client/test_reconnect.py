@@ -1,4 +1,4 @@
-"""sdk.client against the fake engine: which closes and refusals reconnect, the backoff,
+"""linkd_client against the fake engine: which closes and refusals reconnect, the backoff,
 the state callbacks, and close()."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import random
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from sdk.client import Backoff, State
+from linkd_client import Backoff, State
 from tests.client.support import FakeEngine, new_client, until_state
 
 pytestmark = pytest.mark.asyncio

@@ -1,4 +1,4 @@
-"""sdk.client recovery against the fake engine: positions from events, the exact
+"""linkd_client recovery against the fake engine: positions from events, the exact
 ``recover`` parameter of a reconnection, replays and verdicts, duplicates and gaps."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from sdk.client import Client, Event, Stream
+from linkd_client import Client, Event, Stream
 from tests.client.support import FakeEngine, new_client
 
 pytestmark = pytest.mark.asyncio

@@ -1,4 +1,4 @@
-"""sdk.client against the fake engine: requests and acks, error acks, timeouts, sends,
+"""linkd_client against the fake engine: requests and acks, error acks, timeouts, sends,
 event handlers and iterators, tokens."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sdk.client import ClientError, ConnectionLostError, Event
+from linkd_client import ClientError, ConnectionLostError, Event
 from tests.client.support import FakeEngine, new_client
 
 pytestmark = pytest.mark.asyncio

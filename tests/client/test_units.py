@@ -1,11 +1,11 @@
-"""sdk.client without a network: backoff delays, position cursors, the recover parameter."""
+"""linkd_client without a network: backoff delays, position cursors, the recover parameter."""
 
 from __future__ import annotations
 
 import random
 from typing import Any
 
-from sdk.client import MAX_AHEAD, Backoff, _Cursor
+from linkd_client import MAX_AHEAD, Backoff, Cursor
 from tests.client.support import decode_recover, new_client
 
 
@@ -19,7 +19,7 @@ def test_backoff_delays_are_full_jitter_under_a_doubling_ceiling() -> None:
 
 
 def test_cursor_advances_only_to_the_next_seq_or_a_new_epoch() -> None:
-    cursor = _Cursor("e1", 5)
+    cursor = Cursor("e1", 5)
     assert cursor.see("e1", 6) == "next"
     assert [cursor.see("e1", s) for s in (6, 5, 1)] == ["duplicate"] * 3
     assert cursor.see("e1", 8) == "gap"  # 7 missing: stays at 6
@@ -34,7 +34,7 @@ def test_cursor_advances_only_to_the_next_seq_or_a_new_epoch() -> None:
 
 
 def test_cursor_gives_up_on_a_gap_that_never_fills() -> None:
-    cursor = _Cursor("e", 0)
+    cursor = Cursor("e", 0)
     for seq in range(2, MAX_AHEAD + 3):
         cursor.see("e", seq)
     assert cursor.seq == MAX_AHEAD + 2 and not cursor.ahead

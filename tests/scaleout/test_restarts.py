@@ -1,5 +1,5 @@
 """Nodes going away under a steady stream of room emits: clients behind a balancer
-reconnect to the other nodes by themselves (sdk.client) and recover what they missed.
+reconnect to the other nodes by themselves (linkd_client) and recover what they missed.
 
 Every subscriber must end with one gap-free, duplicate-free run of the room's
 sequence numbers, containing every emit whose ack the publisher received.
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from sdk.client import Backoff, Client, ClientError, ConnectionLostError
+from linkd_client import Backoff, Client, ClientError, ConnectionLostError
 from tests.helpers.proc import EngineProcess, free_port
 from tests.integration.support import demo_engine
 from tests.scaleout.balancer import Balancer

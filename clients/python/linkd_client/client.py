@@ -1,8 +1,7 @@
-"""A Python client for Linkd WebSocket endpoints: requests answered by acks, events,
-automatic reconnection with backoff, and recovery of missed events (docs/recovery.md).
+"""The connection loop of the Python client: connect, read, dispatch, reconnect.
 
-Built on the ``websockets`` asyncio client; like the rest of ``sdk/`` it never imports
-the engine. See docs/clients.md.
+Built on the ``websockets`` asyncio client; it never imports the engine or the SDK.
+See docs/clients.md.
 
     async with Client("ws://localhost:3000/ws/chat", token=fetch_token) as client:
         client.on("chat.message", show)
@@ -14,180 +13,40 @@ the engine. See docs/clients.md.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import inspect
 import itertools
 import logging
-import random
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, TypeAlias
+from typing import Any, TypeAlias
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-__all__ = [
-    "Backoff",
-    "Client",
-    "ClientError",
-    "ClientStats",
-    "ConnectionLostError",
-    "Event",
-    "State",
-    "Stream",
-]
+from .backoff import Backoff
+from .errors import ClientError, ConnectionLostError
+from .events import (
+    ClientStats,
+    Event,
+    EventStream,
+    Handler,
+    RecoveredCallback,
+    State,
+    StateCallback,
+)
+from .positions import Positions
+
+__all__ = ["Client", "TokenSource"]
 
 logger = logging.getLogger("linkd.client")
 
-State: TypeAlias = Literal["connecting", "open", "reconnecting", "closed"]
-#: An event as it arrived: ``{"type", "data"}``, plus ``room``/``user``, ``seq``, ``epoch``.
-Event: TypeAlias = dict[str, Any]
-Handler: TypeAlias = Callable[[Event], Awaitable[None] | None]
-StateCallback: TypeAlias = Callable[[State], Awaitable[None] | None]
-RecoveredCallback: TypeAlias = Callable[["Stream", bool], Awaitable[None] | None]
 TokenSource: TypeAlias = str | Callable[[], str | Awaitable[str]] | None
 
-#: Events past a gap remembered per stream while waiting for the gap to fill (by the
-#: recovery of the next reconnection); beyond this the gap is accepted as lost.
-MAX_AHEAD = 1024
 #: HTTP statuses of a refused upgrade that another attempt will not change.
 _FATAL_STATUS = frozenset({400, 404, 405, 426})
 _POLICY_STATUS = frozenset({401, 403})
-
-
-class ClientError(Exception):
-    """An error ack: the server received the request and refused it.
-
-    Attributes:
-        code: the error code (``"VALIDATION_ERROR"``, ``"FORBIDDEN"``...).
-        message: the human-readable message.
-        details: the error's ``details`` (validation: field -> problem), or None.
-        error: the whole error object (``retryAfter`` for ``RATE_LIMITED``...).
-    """
-
-    def __init__(
-        self, code: str, message: str, details: Any = None, error: Mapping[str, Any] | None = None
-    ) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.details = details
-        self.error: dict[str, Any] = dict(error or {})
-
-
-class ConnectionLostError(ConnectionError):
-    """The connection is not open, or it closed before the ack arrived.
-
-    A request is never resent on the next connection: the server may or may not have
-    handled it.
-    """
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Delays between reconnection attempts: exponential with full jitter.
-
-    The n-th consecutive failure waits a uniform random time in
-    ``[0, min(max, initial * factor**n)]``, so clients dropped together do not come
-    back together. A connection that stays open ``reset_after`` seconds starts the
-    count again; one that drops sooner counts as a failure (a server accepting and
-    closing at once is not hammered).
-    """
-
-    initial: float = 0.5
-    max: float = 15.0
-    factor: float = 2.0
-    reset_after: float = 5.0
-
-    def delay(self, failures: int) -> float:
-        ceiling = min(self.max, self.initial * self.factor ** min(failures, 64))
-        return random.uniform(0.0, ceiling)
-
-
-class Stream(NamedTuple):
-    """A recoverable stream: a room, or the user stream (``kind`` ``"user"``, its user id)."""
-
-    kind: Literal["room", "user"]
-    name: str
-
-
-@dataclass
-class ClientStats:
-    """Counters since the client was made."""
-
-    events: int = 0  # events handed to handlers and iterators
-    duplicates: int = 0  # positioned events at or before a known position: dropped
-    gaps: int = 0  # holes: an event past the next seq (delivered; the hole is recovered later)
-    reconnects: int = 0  # successful reconnections
-    recovered: int = 0  # linkd.recovered verdicts with recovered: true
-    not_recovered: int = 0  # ... and with recovered: false
-
-
-@dataclass
-class _Cursor:
-    """The last event processed on one stream, and the seqs seen past a gap."""
-
-    epoch: str
-    seq: int
-    ahead: set[int] = field(default_factory=set)
-
-    def see(self, epoch: str, seq: int) -> Literal["next", "gap", "ahead", "duplicate"]:
-        """Record one event. The position advances only to the next seq (or a new epoch).
-
-        Returns "gap" for the first event past a new hole, "ahead" for the next ones.
-        """
-        if epoch != self.epoch:
-            # A new life of the stream: the old positions mean nothing in it.
-            self.epoch, self.seq, self.ahead = epoch, seq, set()
-            return "next"
-        if seq <= self.seq or seq in self.ahead:
-            return "duplicate"
-        if seq != self.seq + 1:
-            # Kept at the last contiguous seq, so the next recovery asks for the gap;
-            # what is past it is remembered to drop it when it is replayed.
-            new_hole = seq - 1 not in self.ahead
-            self.ahead.add(seq)
-            if len(self.ahead) > MAX_AHEAD:
-                self.seq, self.ahead = max(self.ahead), set()
-            return "gap" if new_hole else "ahead"
-        self.seq = seq
-        while self.seq + 1 in self.ahead:
-            self.ahead.remove(self.seq + 1)
-            self.seq += 1
-        return "next"
-
-
-class _EventStream:
-    """What ``Client.events()`` returns: an async iterator over every event."""
-
-    def __init__(self, client: Client, maxsize: int) -> None:
-        self._client = client
-        self.queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize)
-        self.ended = False
-
-    def __aiter__(self) -> _EventStream:
-        return self
-
-    async def __anext__(self) -> Event:
-        if self.ended and self.queue.empty():
-            raise StopAsyncIteration
-        event = await self.queue.get()
-        if event is None:  # the client closed
-            raise StopAsyncIteration
-        return event
-
-    async def aclose(self) -> None:
-        """Stop receiving events here (an unread full iterator holds the connection)."""
-        self._client._streams.discard(self)
-
-    async def __aenter__(self) -> _EventStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
 
 class Client:
@@ -242,10 +101,10 @@ class Client:
         self._handlers: dict[str, list[Handler]] = {}
         self._state_callbacks: list[StateCallback] = []
         self._recovered_callbacks: list[RecoveredCallback] = []
-        self._streams: set[_EventStream] = set()
+        self._streams: set[EventStream] = set()
         self._tasks: set[asyncio.Future[Any]] = set()
-        self._rooms: dict[str, _Cursor] = {}
-        self._user: tuple[str, _Cursor] | None = None
+        #: Where this client is in each recoverable stream (what a reconnection asks for).
+        self._positions = Positions()
         self._open_event = asyncio.Event()
 
     # ------------------------------------------------------------------ lifecycle
@@ -365,13 +224,13 @@ class Client:
         self._recovered_callbacks.append(callback)
         return lambda: _discard(self._recovered_callbacks, callback)
 
-    def events(self) -> _EventStream:
+    def events(self) -> EventStream:
         """Every event from now on, across reconnections, until the client closes.
 
         Use ``async for event in client.events()``; ``aclose()`` it (or use it as
         ``async with``) when you stop reading before the client closes.
         """
-        stream = _EventStream(self, self._max_queue)
+        stream = EventStream(self._streams, self._max_queue)
         self._streams.add(stream)
         return stream
 
@@ -379,21 +238,15 @@ class Client:
     def positions(self) -> dict[str, Any]:
         """What the next reconnection asks to recover: ``{"rooms": {room: [epoch, seq]},
         "user": [epoch, seq]}`` (``user`` only once a user event arrived)."""
-        body: dict[str, Any] = {"rooms": {r: [c.epoch, c.seq] for r, c in self._rooms.items()}}
-        if self._user is not None:
-            body["user"] = [self._user[1].epoch, self._user[1].seq]
-        return body
+        return self._positions.as_dict()
 
     def forget(self, room: str) -> None:
         """Drop the position of ``room`` (after leaving it: nothing to recover there)."""
-        self._rooms.pop(room, None)
+        self._positions.forget(room)
 
     def recover_param(self) -> str | None:
         """The ``recover`` query value for ``positions()``; None when there is none."""
-        body = self.positions()
-        if not body["rooms"] and "user" not in body:
-            return None
-        return base64.urlsafe_b64encode(orjson.dumps(body)).rstrip(b"=").decode()
+        return self._positions.recover_param()
 
     def _connect_url(self) -> str:
         param = self.recover_param() if self.recover else None
@@ -406,53 +259,28 @@ class Client:
 
     def _track(self, event: Event) -> bool:
         """Advance the position of the event's stream; False for a duplicate."""
-        seq, epoch = event.get("seq"), event.get("epoch")
-        if not isinstance(seq, int) or isinstance(seq, bool) or not isinstance(epoch, str):
+        seen = self._positions.track(event)
+        if seen is None:
             return True
-        room, user = event.get("room"), event.get("user")
-        if isinstance(room, str):
-            cursor = self._rooms.get(room)
-            if cursor is None:
-                self._rooms[room] = _Cursor(epoch, seq)
-                return True
-        elif isinstance(user, str):
-            if self._user is None or self._user[0] != user:
-                self._user = (user, _Cursor(epoch, seq))
-                return True
-            cursor = self._user[1]
-        else:
-            return True
-        seen = cursor.see(epoch, seq)
-        if seen == "gap":
+        if seen[0] == "gap":
             self.stats.gaps += 1
-            logger.warning("events missing before %s seq %d", room or user, seq)
-        elif seen == "duplicate":
+            logger.warning("events missing before %s seq %s", seen[1], event.get("seq"))
+        elif seen[0] == "duplicate":
             self.stats.duplicates += 1
-        return seen != "duplicate"
+        return seen[0] != "duplicate"
 
-    def _verdict(self, data: Any) -> Stream | None:
-        """Apply a ``linkd.recovered`` verdict: the stream is now at its current position."""
-        if not isinstance(data, dict):
-            return None
-        seq, epoch, recovered = data.get("seq"), data.get("epoch"), data.get("recovered") is True
-        position = _Cursor(epoch, seq) if isinstance(epoch, str) and isinstance(seq, int) else None
-        if isinstance(room := data.get("room"), str):
-            if position is not None:
-                self._rooms[room] = position
-            stream = Stream("room", room)
-        elif isinstance(user := data.get("user"), str):
-            if position is not None:
-                self._user = (user, position)
-            stream = Stream("user", user)
-        else:
-            return None
+    def _verdict(self, data: Any) -> None:
+        """Apply a ``linkd.recovered`` verdict and tell the callbacks."""
+        verdict = self._positions.verdict(data)
+        if verdict is None:
+            return
+        stream, recovered = verdict
         if recovered:
             self.stats.recovered += 1
         else:
             self.stats.not_recovered += 1
         for callback in list(self._recovered_callbacks):
             self._call(callback, stream, recovered)
-        return stream
 
     # ------------------------------------------------------------------ internals
     def _connection(self) -> ClientConnection:

@@ -1,0 +1,37 @@
+"""linkd_client: a Python client for Linkd WebSocket endpoints.
+
+Requests answered by acks, events, automatic reconnection with backoff, and recovery of
+missed events (docs/recovery.md, docs/clients.md). The browser twin is clients/js/linkd.js.
+
+| module | job |
+|---|---|
+| ``client`` | ``Client``: the connection loop (connect, read, dispatch, reconnect) |
+| ``positions`` | where the client is in each stream; gaps, duplicates, ``?recover=`` |
+| ``events`` | events, callbacks, ``events()`` iterators, counters |
+| ``backoff`` | delays between reconnection attempts |
+| ``errors`` | ``ClientError`` (an error ack), ``ConnectionLostError`` |
+"""
+
+from __future__ import annotations
+
+from .backoff import Backoff
+from .client import Client, TokenSource
+from .errors import ClientError, ConnectionLostError
+from .events import ClientStats, Event, EventStream, State
+from .positions import MAX_AHEAD, Cursor, Positions, Stream
+
+__all__ = [
+    "MAX_AHEAD",
+    "Backoff",
+    "Client",
+    "ClientError",
+    "ClientStats",
+    "ConnectionLostError",
+    "Cursor",
+    "Event",
+    "EventStream",
+    "Positions",
+    "State",
+    "Stream",
+    "TokenSource",
+]
