@@ -4,12 +4,14 @@ from .context import (
     AuthUser,
     Context,
     Emitter,
+    Form,
     Headers,
     HttpContext,
     PresenceContext,
     Socket,
     WsContext,
     WsMessage,
+    parse_body,
 )
 from .errors import (
     BadRequestError,
@@ -27,18 +29,30 @@ from .errors import (
 )
 from .response import Response
 from .run import run, start_services
-from .service import Service, WebSocketOptions
+from .service import (
+    ActionOptions,
+    GroupOptions,
+    HttpGroup,
+    HttpMiddleware,
+    Service,
+    WebSocketOptions,
+)
 from .worker import Worker
-from .ws import Middleware, Next, WsGroup, WsRouter
+from .ws import Middleware, Next, WsGroup, WsGroupOptions, WsHandlerOptions, WsRouter
 
 __all__ = [
+    "ActionOptions",
     "AuthUser",
     "BadRequestError",
     "Context",
     "Emitter",
     "ForbiddenError",
+    "Form",
+    "GroupOptions",
     "Headers",
     "HttpContext",
+    "HttpGroup",
+    "HttpMiddleware",
     "InternalError",
     "LinkdError",
     "Middleware",
@@ -59,8 +73,11 @@ __all__ = [
     "Worker",
     "WsContext",
     "WsGroup",
+    "WsGroupOptions",
+    "WsHandlerOptions",
     "WsMessage",
     "WsRouter",
+    "parse_body",
     "run",
     "start_services",
 ]

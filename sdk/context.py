@@ -6,13 +6,14 @@ import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, parse_qsl
 
 import orjson
 
 from protocol.ipc import messages as m
 
-from .errors import BadRequestError
+from .encoding import describe_unencodable
+from .errors import BadRequestError, InternalError
 
 if TYPE_CHECKING:
     from .service import Service
@@ -21,6 +22,7 @@ __all__ = [
     "AuthUser",
     "Context",
     "Emitter",
+    "Form",
     "Headers",
     "HttpContext",
     "Link",
@@ -28,6 +30,7 @@ __all__ = [
     "Socket",
     "WsContext",
     "WsMessage",
+    "parse_body",
 ]
 
 
@@ -109,7 +112,12 @@ class Headers(Mapping[str, str]):
 
 def _event(event: str, data: Any) -> bytes:
     # The SDK builds the client's whole event text; the engine forwards it untouched.
-    return orjson.dumps({"type": event, "data": data})
+    try:
+        return orjson.dumps({"type": event, "data": data})
+    except orjson.JSONEncodeError as exc:
+        # Raised in the handler that emits: logged as its failure, INTERNAL to the client.
+        what = describe_unencodable(data, exc)
+        raise InternalError(f"emit {event!r}: data JSON cannot encode: {what}") from None
 
 
 class Emitter:
@@ -239,7 +247,7 @@ class Socket:
 
 @dataclass(frozen=True, slots=True)
 class WsMessage:
-    """The client's frame ``{"type", "data", "id"}``."""
+    """The client's whole frame ``{"type", "data", "id"}``: ``ctx.envelope``."""
 
     type: str
     data: Any = None
@@ -250,7 +258,16 @@ class WsMessage:
 class WsContext(Context):
     """Context of a WebSocket connect, message or disconnect."""
 
-    __slots__ = ("headers", "message", "path", "query", "query_string", "result", "socket")
+    __slots__ = (
+        "envelope",
+        "headers",
+        "message",
+        "path",
+        "query",
+        "query_string",
+        "result",
+        "socket",
+    )
 
     def __init__(
         self,
@@ -258,7 +275,7 @@ class WsContext(Context):
         link: Link,
         auth: Any,
         socket: Socket,
-        message: WsMessage | None = None,
+        envelope: WsMessage | None = None,
         *,
         path: str = "",
         query_string: str = "",
@@ -266,8 +283,12 @@ class WsContext(Context):
     ) -> None:
         super().__init__(service, link, auth)
         self.socket = socket
-        #: The client's message; None for connect and disconnect.
-        self.message = message
+        #: The client's whole frame (``type``, ``data``, ``id``); None for connect
+        #: and disconnect.
+        self.envelope = envelope
+        #: What the client sent as ``data`` (the WebSocket twin of an HTTP ``ctx.body``);
+        #: None for connect and disconnect. Middleware may replace it.
+        self.message: Any = envelope.data if envelope is not None else None
         #: Connect only: the WebSocket path, its query and the upgrade request's headers.
         self.path = path
         self.query_string = query_string
@@ -279,11 +300,22 @@ class WsContext(Context):
 
     @property
     def type(self) -> str:
-        return self.message.type if self.message else ""
+        """The message's ``type`` (``""`` for connect and disconnect)."""
+        return self.envelope.type if self.envelope else ""
+
+    @property
+    def message_type(self) -> str:
+        """Alias of ``type`` (the TypeScript SDK's ``ctx.messageType``)."""
+        return self.type
 
     @property
     def data(self) -> Any:
-        return self.message.data if self.message else None
+        """Alias of ``message`` (its name before the seed's table was followed)."""
+        return self.message
+
+    @data.setter
+    def data(self, value: Any) -> None:
+        self.message = value
 
     async def join(self, room: str) -> None:
         """Add this connection to ``room``."""
@@ -324,6 +356,53 @@ class PresenceContext(Context):
         self.online = note.online
 
 
+#: ``ctx.body`` of a form: each name to its value, or to the list of its values when
+#: it is repeated (``a=1&a=2&b=`` → ``{"a": ["1", "2"], "b": ""}``), as Node's
+#: ``querystring`` and Express's ``urlencoded()`` give it.
+Form = dict[str, str | list[str]]
+
+_FORM = "application/x-www-form-urlencoded"
+
+
+def _is_json(mime: str) -> bool:
+    return mime == "application/json" or (
+        mime.startswith("application/") and mime.endswith("+json")
+    )
+
+
+def parse_body(content_type: str | None, raw: bytes) -> Any:
+    """``ctx.body``: the request body parsed by its content type.
+
+    JSON (``application/json``, ``application/*+json``) → the decoded value, None when
+    empty; a form (``application/x-www-form-urlencoded``) → a ``Form``; anything else →
+    the raw bytes. Malformed JSON or a form that is not UTF-8 → BadRequestError.
+    """
+    mime = (content_type or "").partition(";")[0].strip().lower()
+    if _is_json(mime):
+        if not raw:
+            return None
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise BadRequestError("the body is not valid JSON") from None
+    if mime == _FORM:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequestError("the form body is not UTF-8") from None
+        form: Form = {}
+        for name, value in parse_qsl(text, keep_blank_values=True):
+            seen = form.get(name)
+            if seen is None:
+                form[name] = value
+            elif isinstance(seen, list):
+                seen.append(value)
+            else:
+                form[name] = [seen, value]
+        return form
+    return raw
+
+
 class HttpContext(Context):
     """Context of an HTTP action."""
 
@@ -337,7 +416,9 @@ class HttpContext(Context):
         "path",
         "query",
         "query_string",
+        "raw_body",
         "remote_address",
+        "result",
     )
 
     def __init__(self, service: Service, link: Link, req: m.HttpRequest) -> None:
@@ -352,15 +433,24 @@ class HttpContext(Context):
         #: The parsed query: every value of every name, blanks kept.
         self.query: dict[str, list[str]] = parse_qs(req.query, keep_blank_values=True)
         self.headers = Headers(req.headers)
-        self.body = req.body
+        #: The body exactly as received.
+        self.raw_body: bytes = req.body
+        #: The body parsed by its content type (``parse_body``): JSON → the value,
+        #: a form → a ``Form`` dict, anything else → the raw bytes. Parsed before any
+        #: middleware runs: malformed JSON is answered 400 without reaching the action.
+        self.body: Any = parse_body(self.headers.get("content-type"), req.body)
         self.remote_address = req.remote
+        #: The reply's value: the action's return value, once ``next()`` returned.
+        #: Middleware may replace it.
+        self.result: Any = None
         self._json: Any = _NOT_PARSED
 
     def json(self) -> Any:
-        """The body parsed as JSON (once); BadRequestError when it is not JSON."""
+        """The raw body parsed as JSON whatever its content type (once);
+        BadRequestError when it is not JSON. ``ctx.body`` is the usual way."""
         if self._json is _NOT_PARSED:
             try:
-                self._json = orjson.loads(self.body)
+                self._json = orjson.loads(self.raw_body)
             except orjson.JSONDecodeError:
                 raise BadRequestError("the body is not valid JSON") from None
         return self._json

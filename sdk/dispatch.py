@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
 from protocol.codes import ErrorCode
 from protocol.ipc import messages as m
 
 from .context import HttpContext, Link, PresenceContext, Socket, WsContext, WsMessage
+from .encoding import EncodeError, dumps
 from .errors import BadRequestError, InternalError, LinkdError, NotFoundError, UnauthorizedError
 from .response import UNSET, Response
 from .service import Service
@@ -17,36 +20,68 @@ __all__ = ["handle_connect", "handle_disconnect", "handle_http", "handle_message
 _INTERNAL = InternalError().to_info()
 
 
+class _Unsendable(Exception):
+    """A handler's value cannot go on the wire; the message is the log line."""
+
+
 def _error(service: Service, request_id: int, exc: BaseException, what: str) -> m.Reply:
     """The one place where exceptions become error replies."""
+    if isinstance(exc, _Unsendable):
+        # The line says what and where; a traceback would only show the SDK.
+        service.logger.error("%s", exc)
+        return m.Reply(id=request_id, error=_INTERNAL)
     if isinstance(exc, LinkdError):
         if exc.code is ErrorCode.INTERNAL:
             # The engine hides the message from clients; the log keeps it.
             service.logger.error("%s failed: %s", what, exc.message, exc_info=exc)
-        return m.Reply(id=request_id, error=exc.to_info())
+        try:
+            info = exc.to_info()
+        except orjson.JSONEncodeError:
+            service.logger.error(
+                "%s raised %s whose details JSON cannot encode: %r",
+                what,
+                type(exc).__name__,
+                exc.details,
+            )
+            return m.Reply(id=request_id, error=_INTERNAL)
+        return m.Reply(id=request_id, error=info)
     # Never leak the details of an unexpected exception: they may be sensitive.
     service.logger.error("%s raised", what, exc_info=exc)
     return m.Reply(id=request_id, error=_INTERNAL)
 
 
-def _http_response(request_id: int, response: Response) -> m.Reply:
+def _encode(what: str, value: Any) -> bytes:
+    try:
+        return dumps(value)
+    except EncodeError as exc:
+        raise _Unsendable(f"{what} returned a value JSON cannot encode: {exc}") from None
+
+
+def _http_response(request_id: int, response: Response, what: str) -> m.Reply:
     if response.json is not UNSET:
         return m.Reply(
             id=request_id,
             status=response.status,
             headers=response.headers,
-            json=orjson.dumps(response.json),
+            json=_encode(what, response.json),
         )
-    return m.Reply(
-        id=request_id,
-        status=response.status,
-        headers=response.headers,
-        body=response.body if response.body is not None else b"",
-    )
+    body = response.body
+    if body is None:
+        body = b""
+    elif isinstance(body, bytearray | memoryview):
+        body = bytes(body)
+    elif not isinstance(body, bytes):
+        # Response takes bytes or str; anything else would break the IPC frame.
+        raise _Unsendable(
+            f"{what} returned a Response whose body is {type(body).__qualname__}, "
+            "not bytes or str (use json= for a value)"
+        )
+    return m.Reply(id=request_id, status=response.status, headers=response.headers, body=body)
 
 
 async def handle_http(service: Service, link: Link, req: m.HttpRequest) -> m.Reply:
-    """Run the action ``req.action``; its value becomes JSON, a Response is sent as is."""
+    """Run the middleware and the action ``req.action``; its value becomes JSON, a
+    Response is sent as is."""
     what = f"action {req.action!r}"
     try:
         action = service.actions.get(req.action)
@@ -55,10 +90,10 @@ async def handle_http(service: Service, link: Link, req: m.HttpRequest) -> m.Rep
         if action.auth == "required" and req.auth is None:
             # The engine checks first; this guards a misconfigured engine.
             raise UnauthorizedError()
-        value = await action.handler(HttpContext(service, link, req))
+        value = await service.run_action(action, HttpContext(service, link, req))
         if isinstance(value, Response):
-            return _http_response(req.id, value)
-        return m.Reply(id=req.id, json=orjson.dumps(value))
+            return _http_response(req.id, value, what)
+        return m.Reply(id=req.id, json=_encode(what, value))
     except Exception as exc:
         return _error(service, req.id, exc, what)
 
@@ -83,11 +118,13 @@ async def handle_message(service: Service, link: Link, msg: m.Message) -> m.Repl
         )
         value = await service.ws.dispatch(ctx)
         if isinstance(value, Response):
-            raise TypeError("Response is for HTTP actions; a message handler returns data")
+            raise _Unsendable(
+                f"{what} returned a Response: that is for HTTP actions; return the ack's data"
+            )
         if client_id is None:
             # No ack goes to the client (docs/ipc.md §4.2): do not ship the value.
             return m.Reply(id=msg.id)
-        return m.Reply(id=msg.id, json=orjson.dumps(value))
+        return m.Reply(id=msg.id, json=_encode(what, value))
     except Exception as exc:
         return _error(service, msg.id, exc, what)
 

@@ -5,19 +5,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from fnmatch import fnmatchcase
+from types import TracebackType
+from typing import Any, TypedDict, TypeVar, overload
 
 from protocol.ipc import messages as m
 
 from .context import HttpContext
+from .middleware import Next, check_async, check_group_callback, run_chain, split_options
 from .response import Response
-from .ws import AuthOption, WsRouter, _check_async, auth_mode
+from .ws import AuthOption, WsRouter, auth_mode
 
-__all__ = ["Action", "HttpHandler", "Service", "WebSocketOptions"]
+__all__ = [
+    "Action",
+    "ActionOptions",
+    "GroupOptions",
+    "HttpGroup",
+    "HttpHandler",
+    "HttpMiddleware",
+    "Service",
+    "WebSocketOptions",
+]
 
 HttpHandler = Callable[[HttpContext], Awaitable[Any]]
+#: ``async def mw(ctx, next)``: code before ``await next()`` runs before the action.
+HttpMiddleware = Callable[[HttpContext, Next], Awaitable[Any]]
+#: ``def cb(group)``: registers the group's actions on the group it is given.
+GroupCallback = Callable[["HttpGroup"], Any]
 Hook = Callable[["Service"], Awaitable[Any]]
 ReadinessCheck = Callable[[], Awaitable[bool | None]]
 
@@ -53,6 +69,25 @@ class WebSocketOptions:
     per_connection: int = 1
 
 
+class ActionOptions(TypedDict, total=False):
+    """The ``opts`` of ``service.action("name", opts, fn)``."""
+
+    #: The path; ``:name`` segments become ``ctx.params``. Default ``/<service>/<name>``
+    #: (in a group: relative to the group's prefix, default ``<prefix>/<name>``).
+    route: str
+    #: The HTTP method; default ``GET``.
+    method: str
+    #: ``True`` (the engine answers 401 without a valid token), ``"optional"``, ``False``.
+    auth: AuthOption
+
+
+class GroupOptions(TypedDict, total=False):
+    """The ``opts`` of ``service.group("/prefix", opts, cb)``."""
+
+    #: The default ``auth`` of the group's actions.
+    auth: AuthOption
+
+
 @dataclass(frozen=True, slots=True)
 class Action:
     """One HTTP action and its route."""
@@ -62,6 +97,104 @@ class Action:
     path: str
     auth: str
     handler: HttpHandler
+    #: The groups it was registered in, outermost first (their middleware wraps it).
+    groups: tuple[HttpGroup, ...] = ()
+    #: Health routes: no middleware, so a guard cannot make a probe fail.
+    builtin: bool = False
+
+
+def _route_prefix(prefix: str) -> str:
+    # "/admin", "admin", "/admin/" all mean /admin; "" or "/" mean no prefix.
+    return "/" + prefix.strip("/") if prefix.strip("/") else ""
+
+
+class HttpGroup:
+    """Actions under one route prefix, sharing middleware and a default ``auth``.
+
+    What ``service.group(prefix, cb)`` passes to ``cb``, and what the context-manager
+    form binds: ``group.action("stats", {"route": "/stats"}, fn)`` serves
+    ``<prefix>/stats``; ``group.use(mw)`` wraps only the group's actions.
+    """
+
+    def __init__(
+        self,
+        service: Service,
+        prefix: str,
+        auth: AuthOption,
+        parents: tuple[HttpGroup, ...] = (),
+    ) -> None:
+        self.service = service
+        #: The route prefix, normalised: ``"/table/admin"`` (no trailing slash).
+        self.prefix = prefix
+        self.auth = auth
+        self._lineage = (*parents, self)
+
+    def __repr__(self) -> str:
+        return f"HttpGroup({self.prefix!r})"
+
+    @overload
+    def action(
+        self,
+        name: str,
+        opts: ActionOptions | None = None,
+        /,
+        *,
+        route: str | None = None,
+        method: str | None = None,
+        auth: AuthOption | None = None,
+    ) -> Callable[[F], F]: ...
+    @overload
+    def action(self, name: str, opts: ActionOptions, fn: F, /) -> F: ...
+    @overload
+    def action(self, name: str, fn: F, /) -> F: ...
+    def action(
+        self,
+        name: str,
+        opts: Any = None,
+        fn: Any = None,
+        /,
+        *,
+        route: str | None = None,
+        method: str | None = None,
+        auth: AuthOption | None = None,
+    ) -> Any:
+        """Register an action under the group's prefix (same forms as ``Service.action``)."""
+        return self.service._register_action(
+            name, opts, fn, {"route": route, "method": method, "auth": auth}, self
+        )
+
+    def use(self, middleware: HttpMiddleware) -> None:
+        """Middleware for this group's actions only (nested groups included)."""
+        check_async(middleware, "middleware")
+        self.service._add_middleware(self, middleware)
+
+    def group(
+        self,
+        prefix: str,
+        opts: GroupOptions | GroupCallback | None = None,
+        cb: GroupCallback | None = None,
+        /,
+        *,
+        auth: AuthOption | None = None,
+    ) -> HttpGroup:
+        """A group inside this one: its prefix is appended to this group's."""
+        return self.service._make_group(prefix, opts, cb, auth, self)
+
+    @property
+    def lineage(self) -> tuple[HttpGroup, ...]:
+        """This group's ancestors, outermost first, then itself."""
+        return self._lineage
+
+    def __enter__(self) -> HttpGroup:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
 
 
 class Service:
@@ -102,6 +235,9 @@ class Service:
         self.db: Any = None
         self.logger = logging.getLogger(f"linkd.service.{name}")
         self.actions: dict[str, Action] = {}
+        self._global: list[HttpMiddleware] = []
+        self._scoped: list[tuple[str | HttpGroup, HttpMiddleware]] = []
+        self._chains: dict[str, list[HttpMiddleware]] = {}
         self._before_start: list[Hook] = []
         self._after_start: list[Hook] = []
         self._after_stop: list[Hook] = []
@@ -114,33 +250,182 @@ class Service:
         return f"Service({self.name!r}, version={self.version!r})"
 
     # -------------------------------------------------------------- decorators
+    @overload
     def action(
         self,
         name: str,
+        opts: ActionOptions | None = None,
+        /,
         *,
         route: str | None = None,
-        method: str = "GET",
-        auth: AuthOption = False,
-    ) -> Callable[[F], F]:
-        """Register an HTTP action: ``@service.action("get-room", route="/chat/rooms/:id")``.
+        method: str | None = None,
+        auth: AuthOption | None = None,
+    ) -> Callable[[F], F]: ...
+    @overload
+    def action(self, name: str, opts: ActionOptions, fn: F, /) -> F: ...
+    @overload
+    def action(self, name: str, fn: F, /) -> F: ...
+    def action(
+        self,
+        name: str,
+        opts: Any = None,
+        fn: Any = None,
+        /,
+        *,
+        route: str | None = None,
+        method: str | None = None,
+        auth: AuthOption | None = None,
+    ) -> Any:
+        """Register an HTTP action.
+
+        As in the TypeScript SDK: ``service.action("get-room", {"route":
+        "/chat/rooms/:id", "method": "GET", "auth": True}, fn)`` or
+        ``service.action("get-room", fn)``; or as a decorator,
+        ``@service.action("get-room", route="/chat/rooms/:id", auth=True)``.
 
         Args:
             name: the action's name (unique in the service).
-            route: the path; ``:name`` segments become ``ctx.params``. Default
-                ``/<service>/<action>``.
-            method: the HTTP method.
-            auth: ``True`` (the engine answers 401 without a valid token),
-                ``"optional"``, or ``False``.
+            opts / keywords: ``route`` (``:name`` segments become ``ctx.params``;
+                default ``/<service>/<name>``), ``method`` (default ``GET``),
+                ``auth`` (``True``: the engine answers 401 without a valid token;
+                ``"optional"``; ``False``, the default).
+            fn: ``async def (ctx: HttpContext)``; without it, a decorator is returned.
         """
-        path = route if route is not None else f"/{self.name}/{name}"
-        verb = method.upper()
+        return self._register_action(
+            name, opts, fn, {"route": route, "method": method, "auth": auth}, None
+        )
 
-        def register(fn: F) -> F:
-            _check_async(fn, f"action {name!r}")
-            self._add_action(Action(name, verb, path, auth_mode(auth), fn))
-            return fn
+    def _register_action(
+        self,
+        name: str,
+        opts: Any,
+        fn: Any,
+        keywords: dict[str, Any],
+        group: HttpGroup | None,
+    ) -> Any:
+        options, fn = split_options(
+            f"action({name!r})", opts, fn, keywords, ("route", "method", "auth")
+        )
+        route = options.get("route")
+        if group is None:
+            path = route if route is not None else f"/{self.name}/{name}"
+            auth: AuthOption = options.get("auth", False)
+            groups: tuple[HttpGroup, ...] = ()
+        else:
+            if route and not route.startswith("/"):
+                raise ValueError(f"route {route!r} in group {group.prefix!r} must start with /")
+            path = (group.prefix + (route if route is not None else f"/{name}")) or "/"
+            auth = options.get("auth", group.auth)
+            groups = group.lineage
+        verb = str(options.get("method", "GET")).upper()
+        mode = auth_mode(auth)
 
-        return register
+        def register(handler: F) -> F:
+            check_async(handler, f"action {name!r}")
+            self._add_action(Action(name, verb, path, mode, handler, groups))
+            return handler
+
+        return register if fn is None else register(fn)
+
+    def use(self, pattern: str | HttpMiddleware, middleware: HttpMiddleware | None = None) -> None:
+        """Add HTTP middleware: ``use(mw)`` for every action, ``use(pattern, mw)`` for
+        the actions matching ``pattern`` (``fnmatch``, case-sensitive): their route when
+        it starts with ``/`` (``"/chat/admin/*"``), else their name (``"admin-*"``).
+
+        The same onion as ``service.ws.use``: every global middleware first, then the
+        matching scoped ones (group middleware included), each in the order added;
+        then the action. ``async def mw(ctx, next)``: ``await next()`` returns the
+        action's result, which ``ctx.result`` holds and a middleware may replace.
+        The health routes run without middleware.
+        """
+        if isinstance(pattern, str):
+            if middleware is None:
+                raise TypeError("use(pattern, middleware) needs the middleware")
+            check_async(middleware, "middleware")
+            self._add_middleware(pattern, middleware)
+        else:
+            if middleware is not None:
+                raise TypeError("use(middleware) or use(pattern, middleware)")
+            check_async(pattern, "middleware")
+            self._add_middleware(None, pattern)
+
+    def group(
+        self,
+        prefix: str,
+        opts: GroupOptions | GroupCallback | None = None,
+        cb: GroupCallback | None = None,
+        /,
+        *,
+        auth: AuthOption | None = None,
+    ) -> HttpGroup:
+        """Actions under the route prefix ``prefix``, with their own middleware.
+
+        As in the TypeScript SDK: ``service.group("/chat/admin", cb)`` or
+        ``service.group("/chat/admin", {"auth": True}, cb)`` calls ``cb(group)``;
+        ``group.action("stats", {"route": "/stats"}, fn)`` serves ``/chat/admin/stats``
+        (the action's name stays ``"stats"``: names are unique in the service),
+        ``group.use(mw)`` wraps the group's actions only. Or as a context manager:
+        ``with service.group("/chat/admin", auth=True) as g: ...``.
+        """
+        return self._make_group(prefix, opts, cb, auth, None)
+
+    def _make_group(
+        self,
+        prefix: str,
+        opts: Any,
+        cb: Any,
+        auth: AuthOption | None,
+        parent: HttpGroup | None,
+    ) -> HttpGroup:
+        if opts is not None and not isinstance(opts, Mapping):
+            if cb is not None:
+                raise TypeError("group(prefix, cb) or group(prefix, opts, cb)")
+            opts, cb = None, opts  # group(prefix, cb)
+        options, _ = split_options(f"group({prefix!r})", opts, None, {"auth": auth}, ("auth",))
+        if cb is not None:
+            check_group_callback(cb, "actions")
+        base = parent.prefix if parent is not None else ""
+        default_auth: AuthOption = options.get("auth", parent.auth if parent is not None else False)
+        auth_mode(default_auth)  # fail now on a bad value
+        group = HttpGroup(
+            self,
+            base + _route_prefix(prefix),
+            default_auth,
+            parent.lineage if parent is not None else (),
+        )
+        if cb is not None:
+            cb(group)
+        return group
+
+    def _add_middleware(self, scope: str | HttpGroup | None, middleware: HttpMiddleware) -> None:
+        if scope is None:
+            self._global.append(middleware)
+        else:
+            self._scoped.append((scope, middleware))
+        self._chains.clear()
+
+    def _chain(self, action: Action) -> list[HttpMiddleware]:
+        chain = self._chains.get(action.name)
+        if chain is None:
+            if action.builtin:
+                chain = []
+            else:
+                chain = [*self._global]
+                for scope, mw in self._scoped:
+                    if isinstance(scope, HttpGroup):
+                        hit = scope in action.groups
+                    elif scope.startswith("/"):
+                        hit = fnmatchcase(action.path, scope)
+                    else:
+                        hit = fnmatchcase(action.name, scope)
+                    if hit:
+                        chain.append(mw)
+            self._chains[action.name] = chain
+        return chain
+
+    async def run_action(self, action: Action, ctx: HttpContext) -> Any:
+        """Run the middleware chain and ``action``; returns ``ctx.result``."""
+        return await run_chain(self._chain(action), ctx, action.handler)
 
     def _add_action(self, action: Action) -> None:
         if action.name in self.actions:
@@ -153,31 +438,32 @@ class Service:
             if (other.method, other.path) == (action.method, action.path):
                 raise ValueError(f"{action.method} {action.path} is already action {other.name!r}")
         self.actions[action.name] = action
+        self._chains.pop(action.name, None)
 
     def before_start(self, fn: H) -> H:
         """``async def (service)``: runs before connecting to the engine (open a pool).
         An exception stops the service before it registers."""
-        _check_async(fn, "before_start")
+        check_async(fn, "before_start")
         self._before_start.append(fn)
         return fn
 
     def after_start(self, fn: H) -> H:
         """``async def (service)``: runs once after the first welcome. The ready route
         answers 503 until every one finished; an exception is logged and keeps it so."""
-        _check_async(fn, "after_start")
+        check_async(fn, "after_start")
         self._after_start.append(fn)
         return fn
 
     def after_stop(self, fn: H) -> H:
         """``async def (service)``: runs once after the worker drained (close a pool)."""
-        _check_async(fn, "after_stop")
+        check_async(fn, "after_stop")
         self._after_stop.append(fn)
         return fn
 
     def readiness(self, check: R) -> R:
         """``async def () -> bool``: the ready route answers 503 when one returns False,
         raises, or takes longer than 5 s."""
-        _check_async(check, "readiness check")
+        check_async(check, "readiness check")
         self._readiness.append(check)
         return check
 
@@ -272,4 +558,4 @@ class Service:
             return Response(503, json={"status": "not ready"})
 
         for name, fn in zip(HEALTH_ACTIONS, (health, ready, live), strict=True):
-            self._add_action(Action(name, "GET", f"/{self.name}/{name}", "none", fn))
+            self._add_action(Action(name, "GET", f"/{self.name}/{name}", "none", fn, builtin=True))

@@ -14,6 +14,8 @@ import orjson
 from protocol.ipc import IpcConn, IpcProtocolError, Role
 from protocol.ipc import messages as m
 
+from .response import UNSET
+
 __all__ = ["EnginePeer", "FakeEngine"]
 
 T = TypeVar("T")
@@ -239,9 +241,16 @@ class EnginePeer:
         query: str = "",
         headers: list[tuple[str, str]] | None = None,
         body: bytes = b"",
+        json: Any = UNSET,
         remote: str | None = None,
         auth: Any = None,
     ) -> m.Reply:
+        """An HTTP request for ``action``; ``json=value`` sends it as an
+        ``application/json`` body (``ctx.body`` is then the value)."""
+        headers = list(headers or [])
+        if json is not UNSET:
+            body = orjson.dumps(json)
+            headers.append(("content-type", "application/json"))
         return await self.request(
             lambda i: m.HttpRequest(
                 id=i,
@@ -250,7 +259,7 @@ class EnginePeer:
                 path=path,
                 params=params or {},
                 query=query,
-                headers=headers or [],
+                headers=headers,
                 body=body,
                 remote=remote,
                 auth=auth,

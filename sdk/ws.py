@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypedDict, TypeVar, overload
 
 from .context import PresenceContext, WsContext
 from .errors import UnauthorizedError, UnknownMessageTypeError
+from .middleware import Next, check_async, check_group_callback, run_chain, split_options
 
 __all__ = [
     "AuthOption",
@@ -20,7 +20,9 @@ __all__ = [
     "Next",
     "PresenceHandler",
     "WsGroup",
+    "WsGroupOptions",
     "WsHandler",
+    "WsHandlerOptions",
     "WsRouter",
     "auth_mode",
 ]
@@ -32,11 +34,30 @@ ConnectHandler = Callable[[WsContext], Awaitable[Any]]
 DisconnectHandler = Callable[[WsContext, int, list[str]], Awaitable[Any]]
 #: ``async def on_presence(ctx)``: ``ctx.user_id`` came online or went offline.
 PresenceHandler = Callable[[PresenceContext], Awaitable[Any]]
-Next = Callable[[], Awaitable[Any]]
 #: ``async def mw(ctx, next)``: code before ``await next()`` runs before the handler.
 Middleware = Callable[[WsContext, Next], Awaitable[Any]]
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+class WsHandlerOptions(TypedDict, total=False):
+    """The ``opts`` of ``service.ws.on("type", opts, fn)``."""
+
+    #: ``True``: a message without a verified identity is answered ``UNAUTHORIZED``.
+    auth: AuthOption
+    #: ``True``: runs alongside the connection's other messages (no ordering).
+    concurrent: bool
+
+
+class WsGroupOptions(TypedDict, total=False):
+    """The ``opts`` of ``service.ws.group("prefix", opts, cb)``."""
+
+    #: The default ``auth`` of the group's handlers (and of its catch-all types).
+    auth: AuthOption
+
+
+#: ``def cb(group)``: registers the group's handlers on the group it is given.
+WsGroupCallback = Callable[["WsGroup"], Any]
 
 # Distinct message types seen is bounded by the registration except with a catch-all,
 # where clients choose them: keep the per-type middleware cache small.
@@ -52,11 +73,6 @@ def auth_mode(value: AuthOption) -> str:
     if value in ("required", "optional", "none"):
         return value
     raise ValueError(f"auth must be a bool, 'required', 'optional' or 'none', not {value!r}")
-
-
-def _check_async(fn: Callable[..., Any], what: str) -> None:
-    if not inspect.iscoroutinefunction(fn):
-        raise TypeError(f"{what} must be an async function, got {fn!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,31 +101,64 @@ class WsRouter:
         self._auth_prefixes: list[str] = []
 
     # ------------------------------------------------------------ registration
+    @overload
     def on(
-        self, type: str, *, auth: AuthOption = False, concurrent: bool = False
-    ) -> Callable[[F], F]:
+        self,
+        type: str,
+        opts: WsHandlerOptions | None = None,
+        /,
+        *,
+        auth: AuthOption | None = None,
+        concurrent: bool | None = None,
+    ) -> Callable[[F], F]: ...
+    @overload
+    def on(self, type: str, opts: WsHandlerOptions, fn: F, /) -> F: ...
+    @overload
+    def on(self, type: str, fn: F, /) -> F: ...
+    def on(
+        self,
+        type: str,
+        opts: Any = None,
+        fn: Any = None,
+        /,
+        *,
+        auth: AuthOption | None = None,
+        concurrent: bool | None = None,
+    ) -> Any:
         """Handle messages whose ``type`` is exactly ``type``.
+
+        As in the TypeScript SDK: ``ws.on("chat.send", {"auth": True}, fn)`` or
+        ``ws.on("chat.send", fn)``; or as a decorator, ``@ws.on("chat.send", auth=True)``
+        (``@ws.on("chat.send", {"auth": True})`` works too).
 
         ``auth=True`` answers ``UNAUTHORIZED`` to a message without a verified identity.
         ``concurrent=True`` lets these messages run alongside the connection's others
         instead of waiting their turn (no ordering: for typing indicators and the like).
         """
-        required = auth_mode(auth) == "required"
+        options, fn = split_options(
+            f"ws.on({type!r})",
+            opts,
+            fn,
+            {"auth": auth, "concurrent": concurrent},
+            ("auth", "concurrent"),
+        )
+        required = auth_mode(options.get("auth", False)) == "required"
+        parallel = bool(options.get("concurrent", False))
 
-        def register(fn: F) -> F:
-            _check_async(fn, f"handler of {type!r}")
+        def register(handler: F) -> F:
+            check_async(handler, f"handler of {type!r}")
             if type in self.handlers:
                 raise ValueError(f"message type {type!r} already has a handler")
-            self.handlers[type] = _Route(fn, required)
-            if concurrent:
+            self.handlers[type] = _Route(handler, required)
+            if parallel:
                 self.concurrent.add(type)
-            return fn
+            return handler
 
-        return register
+        return register if fn is None else register(fn)
 
     def on_message(self, fn: F) -> F:
         """Catch-all: handles every type routed here that has no handler of its own."""
-        _check_async(fn, "on_message")
+        check_async(fn, "on_message")
         if self.catch_all is not None:
             raise ValueError("on_message is already set")
         self.catch_all = fn
@@ -117,7 +166,7 @@ class WsRouter:
 
     def on_connect(self, fn: F) -> F:
         """``async def (ctx)``: a client connected; raise to refuse it."""
-        _check_async(fn, "on_connect")
+        check_async(fn, "on_connect")
         if self.connect_handler is not None:
             raise ValueError("on_connect is already set")
         self.connect_handler = fn
@@ -125,7 +174,7 @@ class WsRouter:
 
     def on_disconnect(self, fn: F) -> F:
         """``async def (ctx, code, rooms)``: a client left; ``ctx.message`` is None."""
-        _check_async(fn, "on_disconnect")
+        check_async(fn, "on_disconnect")
         if self.disconnect_handler is not None:
             raise ValueError("on_disconnect is already set")
         self.disconnect_handler = fn
@@ -138,7 +187,7 @@ class WsRouter:
         offline once the last one has been closed for the engine's presence grace
         period. Each transition reaches one worker of the service, once.
         """
-        _check_async(fn, "on_presence")
+        check_async(fn, "on_presence")
         if self.presence_handler is not None:
             raise ValueError("on_presence is already set")
         self.presence_handler = fn
@@ -154,25 +203,49 @@ class WsRouter:
         if isinstance(pattern, str):
             if middleware is None:
                 raise TypeError("use(pattern, middleware) needs the middleware")
-            _check_async(middleware, "middleware")
+            check_async(middleware, "middleware")
             self._scoped.append((pattern, middleware))
         else:
             if middleware is not None:
                 raise TypeError("use(middleware) or use(pattern, middleware)")
-            _check_async(pattern, "middleware")
+            check_async(pattern, "middleware")
             self._global.append(pattern)
         self._chains.clear()
 
-    def group(self, name: str, *, auth: AuthOption = False) -> WsGroup:
-        """A group of types under ``name + "."``; ``auth`` applies to all of them."""
+    def group(
+        self,
+        name: str,
+        opts: WsGroupOptions | WsGroupCallback | None = None,
+        cb: WsGroupCallback | None = None,
+        /,
+        *,
+        auth: AuthOption | None = None,
+    ) -> WsGroup:
+        """The types under ``name + "."``; ``auth`` is the default of all of them.
+
+        As in the TypeScript SDK, ``ws.group("chat", cb)`` or
+        ``ws.group("chat", {"auth": True}, cb)`` calls ``cb(group)``, which registers
+        on the group (``group.on("send", fn)`` handles ``chat.send``); or use it as a
+        context manager: ``with service.ws.group("chat", auth=True) as ws: ...``.
+        """
+        if opts is not None and not isinstance(opts, Mapping):
+            if cb is not None:
+                raise TypeError("ws.group(prefix, cb) or ws.group(prefix, opts, cb)")
+            opts, cb = None, opts  # group(name, cb)
+        options, _ = split_options(f"ws.group({name!r})", opts, None, {"auth": auth}, ("auth",))
+        if cb is not None:
+            check_group_callback(cb, "handlers")
         prefix = name if name.endswith(".") else name + "."
         if prefix in self.prefixes:
             raise ValueError(f"group {name!r} already exists")
         self.prefixes.append(prefix)
-        required = auth_mode(auth) == "required"
+        required = auth_mode(options.get("auth", False)) == "required"
         if required:
             self._auth_prefixes.append(prefix)
-        return WsGroup(self, prefix, required)
+        group = WsGroup(self, prefix, required)
+        if cb is not None:
+            cb(group)
+        return group
 
     @property
     def exact_types(self) -> list[str]:
@@ -217,33 +290,60 @@ class WsRouter:
             route = _Route(self.catch_all, required)
         if route.auth_required and ctx.auth is None:
             raise UnauthorizedError()
-        chain = self._chain(type)
-        handler = route.handler
-
-        async def call(index: int) -> Any:
-            if index < len(chain):
-                await chain[index](ctx, lambda: call(index + 1))
-            else:
-                ctx.result = await handler(ctx)
-            return ctx.result
-
-        return await call(0)
+        return await run_chain(self._chain(type), ctx, route.handler)
 
 
 class WsGroup:
-    """Handlers for the types under one prefix: ``ws.on("send")`` handles ``chat.send``."""
+    """Handlers for the types under one prefix: ``ws.on("send")`` handles ``chat.send``.
+
+    What ``service.ws.group(prefix, cb)`` passes to ``cb``, and what the context-manager
+    form binds.
+    """
 
     def __init__(self, router: WsRouter, prefix: str, auth_required: bool) -> None:
         self.router = router
         self.prefix = prefix
         self.auth_required = auth_required
 
+    @overload
     def on(
-        self, name: str, *, auth: AuthOption | None = None, concurrent: bool = False
-    ) -> Callable[[F], F]:
-        """Handle type ``prefix + name``; ``auth`` defaults to the group's."""
-        required = self.auth_required if auth is None else auth_mode(auth) == "required"
-        return self.router.on(self.prefix + name, auth=required, concurrent=concurrent)
+        self,
+        name: str,
+        opts: WsHandlerOptions | None = None,
+        /,
+        *,
+        auth: AuthOption | None = None,
+        concurrent: bool | None = None,
+    ) -> Callable[[F], F]: ...
+    @overload
+    def on(self, name: str, opts: WsHandlerOptions, fn: F, /) -> F: ...
+    @overload
+    def on(self, name: str, fn: F, /) -> F: ...
+    def on(
+        self,
+        name: str,
+        opts: Any = None,
+        fn: Any = None,
+        /,
+        *,
+        auth: AuthOption | None = None,
+        concurrent: bool | None = None,
+    ) -> Any:
+        """Handle type ``prefix + name`` (same forms as ``WsRouter.on``); ``auth``
+        defaults to the group's."""
+        options, fn = split_options(
+            f"ws.on({self.prefix + name!r})",
+            opts,
+            fn,
+            {"auth": auth, "concurrent": concurrent},
+            ("auth", "concurrent"),
+        )
+        register: Callable[[F], F] = self.router.on(
+            self.prefix + name,
+            auth=options.get("auth", self.auth_required),
+            concurrent=options.get("concurrent"),
+        )
+        return register if fn is None else register(fn)
 
     def use(self, middleware: Middleware) -> None:
         """Middleware for this group's types only."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from examples.chat.identity import User, current_user
-from examples.chat.outages import guard_messages
+from examples.chat.outages import guard_outages
 from examples.chat.store import ChatStore, Membership, Room
 from examples.chat.validation import Fields, parse_uuid
 from sdk import (
@@ -20,6 +20,7 @@ from sdk import (
     Service,
     ValidationError,
     WsContext,
+    WsGroup,
 )
 
 __all__ = ["MESSAGE_TYPES", "register"]
@@ -59,7 +60,7 @@ async def online_users(ctx: Context, room_id: str) -> list[dict[str, Any]]:
 
 
 async def join(ctx: WsContext) -> Any:
-    v = Fields(ctx.data)
+    v = Fields(ctx.message)
     room_id = v.uuid("room")
     v.check()
     user = current_user(ctx)
@@ -80,7 +81,7 @@ async def join(ctx: WsContext) -> Any:
 
 
 async def leave(ctx: WsContext) -> Any:
-    v = Fields(ctx.data)
+    v = Fields(ctx.message)
     room_id = v.uuid("room")
     v.check()
     user = current_user(ctx)
@@ -95,7 +96,7 @@ async def leave(ctx: WsContext) -> Any:
 
 
 async def send(ctx: WsContext) -> Any:
-    v = Fields(ctx.data)
+    v = Fields(ctx.message)
     room_id = v.uuid("room")
     content = v.text("message", min_len=1, max_len=MAX_MESSAGE_LENGTH)
     message_type = v.choice("type", MESSAGE_TYPES, default="text")
@@ -116,7 +117,7 @@ async def send(ctx: WsContext) -> Any:
 
 
 async def typing(ctx: WsContext) -> Any:
-    v = Fields(ctx.data)
+    v = Fields(ctx.message)
     room_id = v.uuid("room")
     is_typing = v.boolean("isTyping")
     v.check()
@@ -139,7 +140,7 @@ async def typing(ctx: WsContext) -> Any:
 
 
 async def history(ctx: WsContext) -> Any:
-    v = Fields(ctx.data)
+    v = Fields(ctx.message)
     room_id = v.uuid("room")
     limit = v.integer("limit", minimum=1, maximum=HISTORY_MAX, default=HISTORY_DEFAULT)
     before = v.optional_uuid("before")
@@ -180,16 +181,20 @@ async def presence(ctx: PresenceContext) -> None:
         )
 
 
+def chat(group: WsGroup) -> None:
+    """The ``chat.*`` handlers, on the group ``register`` makes."""
+    group.use(guard_outages)
+    group.on("join", join)
+    group.on("leave", leave)
+    group.on("send", send)
+    # Typing indicators need no order and must not queue behind a slow history query.
+    group.on("typing", {"concurrent": True}, typing)
+    group.on("history", history)
+    group.on("rooms", rooms)
+
+
 def register(service: Service) -> None:
     """Add the ``chat.*`` handlers, on_connect and on_presence to ``service``."""
-    chat = service.ws.group("chat", auth=True)
-    chat.use(guard_messages)
-    chat.on("join")(join)
-    chat.on("leave")(leave)
-    chat.on("send")(send)
-    # Typing indicators need no order and must not queue behind a slow history query.
-    chat.on("typing", concurrent=True)(typing)
-    chat.on("history")(history)
-    chat.on("rooms")(rooms)
+    service.ws.group("chat", {"auth": True}, chat)
     service.ws.on_connect(connected)
     service.ws.on_presence(presence)

@@ -1,4 +1,4 @@
-"""The HTTP side: the caller's rooms, one room, and creating a room."""
+"""The HTTP side: the caller's rooms, one room, and creating a room (``/chat/rooms``)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Any, Final
 
 from examples.chat.handlers import store
 from examples.chat.identity import current_user
-from examples.chat.outages import guard_action
+from examples.chat.outages import guard_outages
 from examples.chat.validation import Fields, parse_uuid
-from sdk import ForbiddenError, HttpContext, NotFoundError, Response, Service
+from sdk import ForbiddenError, HttpContext, HttpGroup, NotFoundError, Response, Service
 
 __all__ = ["register"]
 
@@ -44,7 +44,7 @@ async def get_room(ctx: HttpContext) -> Any:
 async def create_room(ctx: HttpContext) -> Any:
     """``POST /chat/rooms {name, description?, type?}`` → 201; the caller owns it."""
     user = current_user(ctx)
-    v = Fields(ctx.json(), what="body")
+    v = Fields(ctx.body, what="body")
     name = v.text("name", min_len=2, max_len=100, strip=True)
     description = v.text("description", min_len=0, max_len=500, required=False) or None
     room_type = v.choice("type", CREATABLE_TYPES, default="public")
@@ -55,10 +55,14 @@ async def create_room(ctx: HttpContext) -> Any:
     return Response(201, json={**room, "role": "owner", "memberCount": 1})
 
 
+def rooms(group: HttpGroup) -> None:
+    """The room actions, under the group's ``/chat/rooms``."""
+    group.use(guard_outages)
+    group.action("list-rooms", {"route": "", "method": "GET"}, list_rooms)
+    group.action("get-room", {"route": "/:id", "method": "GET"}, get_room)
+    group.action("create-room", {"route": "", "method": "POST"}, create_room)
+
+
 def register(service: Service) -> None:
-    for name, method, route, fn in (
-        ("list-rooms", "GET", "/chat/rooms", list_rooms),
-        ("get-room", "GET", "/chat/rooms/:id", get_room),
-        ("create-room", "POST", "/chat/rooms", create_room),
-    ):
-        service.action(name, route=route, method=method, auth=True)(guard_action(fn))
+    """Add the room actions to ``service``; every one needs a token."""
+    service.group("/chat/rooms", {"auth": True}, rooms)

@@ -6,9 +6,7 @@ service log keeps it.
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import asyncpg
@@ -16,7 +14,7 @@ import asyncpg
 from sdk import HttpContext, ServiceUnavailableError, WsContext
 from sdk.ws import Next
 
-__all__ = ["OUTAGES", "guard_action", "guard_messages"]
+__all__ = ["OUTAGES", "guard_outages"]
 
 log = logging.getLogger("linkd.service.chat")
 
@@ -34,26 +32,12 @@ OUTAGES: Final = (
 _UNAVAILABLE: Final = "the chat database is unavailable, try again shortly"
 
 
-async def guard_messages(ctx: WsContext, next: Next) -> Any:
-    """WebSocket middleware: outages become ``SERVICE_UNAVAILABLE``."""
+async def guard_outages(ctx: HttpContext | WsContext, next: Next) -> Any:
+    """Middleware for messages (``service.ws.use``) and actions (``service.use``):
+    outages become ``SERVICE_UNAVAILABLE`` (503)."""
     try:
         return await next()
     except OUTAGES as exc:
-        log.warning("%s: database unavailable: %r", ctx.type, exc)
+        what = ctx.type if isinstance(ctx, WsContext) else ctx.action
+        log.warning("%s: database unavailable: %r", what, exc)
         raise ServiceUnavailableError(_UNAVAILABLE) from None
-
-
-def guard_action(
-    fn: Callable[[HttpContext], Awaitable[Any]],
-) -> Callable[[HttpContext], Awaitable[Any]]:
-    """The same for an HTTP action (503)."""
-
-    @functools.wraps(fn)
-    async def guarded(ctx: HttpContext) -> Any:
-        try:
-            return await fn(ctx)
-        except OUTAGES as exc:
-            log.warning("%s: database unavailable: %r", ctx.action, exc)
-            raise ServiceUnavailableError(_UNAVAILABLE) from None
-
-    return guarded

@@ -1,6 +1,6 @@
 """Payload validation: every problem names its field, all reported at once.
 
-``v = Fields(ctx.data)``, then ``room = v.uuid("room")`` and so on, then ``v.check()``,
+``v = Fields(ctx.message)``, then ``room = v.uuid("room")`` and so on, then ``v.check()``,
 which raises ``ValidationError`` with ``details`` mapping each bad field to what is
 wrong (``{"room": "must be a UUID"}``). Values returned before ``check()`` are only
 meaningful when it does not raise.

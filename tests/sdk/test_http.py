@@ -28,7 +28,7 @@ async def test_action_sees_params_query_body_headers_and_auth() -> None:
     @service.action("post-message", route="/chat/rooms/:id/messages", method="POST", auth=True)
     async def post_message(ctx: HttpContext) -> Any:
         seen.append(ctx)
-        text = ctx.json()["text"]
+        text = ctx.body["text"]
         return {"room": ctx.params["id"], "text": text, "tags": ctx.query["tag"]}
 
     async with running(service) as run:
@@ -51,7 +51,8 @@ async def test_action_sees_params_query_body_headers_and_auth() -> None:
         assert ctx.headers.get("Content-Type") == "application/json"
         assert ctx.headers["X-MULTI"] == "1" and ctx.headers.getall("x-multi") == ["1", "2"]
         assert "content-type" in ctx.headers and "nope" not in ctx.headers
-        assert ctx.body == b'{"text": "hi"}'
+        assert ctx.body == {"text": "hi"} and ctx.raw_body == b'{"text": "hi"}'
+        assert ctx.json() == {"text": "hi"}  # the older name, still there
         assert ctx.remote_address == "127.0.0.1:4000"
         assert ctx.user is not None and ctx.user.id == "u9" and ctx.user.username is None
         assert ctx.method == "POST" and ctx.path == "/chat/rooms/r1/messages"
@@ -60,8 +61,13 @@ async def test_action_sees_params_query_body_headers_and_auth() -> None:
         reply = await run.peer.http("post-message", method="POST", body=b"{}")
         assert reply.error is not None and reply.error.code == "UNAUTHORIZED"
         # Bad JSON body → BAD_REQUEST.
-        reply = await run.peer.http("post-message", body=b"{nope", auth={"userId": "u"})
-        assert reply.error is not None and reply.error.code == "BAD_REQUEST"
+        reply = await run.peer.http(
+            "post-message",
+            headers=[("content-type", "application/json")],
+            body=b"{nope",
+            auth={"userId": "u"},
+        )
+        assert reply.error == m.ErrorInfo("BAD_REQUEST", "the body is not valid JSON")
 
 
 async def test_response_objects_set_status_headers_and_raw_bodies() -> None:

@@ -17,6 +17,7 @@ from sdk import (
     UnauthorizedError,
     ValidationError,
     WsContext,
+    WsMessage,
 )
 
 from .helpers import chat_service, running, until
@@ -37,14 +38,16 @@ async def test_message_reaches_its_handler_and_the_return_value_is_the_ack() -> 
     @service.ws.on("echo")
     async def echo(ctx: WsContext) -> Any:
         seen.append(ctx)
-        return {"echo": ctx.data, "user": ctx.user.id if ctx.user else None}
+        return {"echo": ctx.message, "user": ctx.user.id if ctx.user else None}
 
     async with running(service) as run:
         reply = await run.peer.message(7, "echo", {"x": 1}, client_id="msg-1", auth=AUTH)
         assert reply.error is None
         assert orjson.loads(reply.json or b"") == {"echo": {"x": 1}, "user": "u1"}
         ctx = seen[0]
-        assert ctx.type == "echo" and ctx.message is not None and ctx.message.id == "msg-1"
+        assert ctx.type == "echo" and ctx.message == {"x": 1}
+        assert ctx.envelope == WsMessage(type="echo", data={"x": 1}, id="msg-1")
+        assert ctx.data is ctx.message and ctx.message_type == "echo"  # the aliases
         assert ctx.socket.id == "7" and ctx.socket.conn == 7
         assert ctx.auth == AUTH
         assert ctx.user is not None and ctx.user.roles == ["admin"]
@@ -121,7 +124,7 @@ async def test_middleware_can_refuse_before_the_handler() -> None:
     called: list[str] = []
 
     async def guard(ctx: WsContext, call_next: Callable[[], Awaitable[Any]]) -> None:
-        if ctx.data != "ok":
+        if ctx.message != "ok":
             raise ForbiddenError("not allowed")
         await call_next()
 
@@ -177,7 +180,7 @@ async def test_catch_all_takes_types_without_a_handler() -> None:
 
     @service.ws.on_message
     async def anything(ctx: WsContext) -> Any:
-        return {"caught": ctx.type, "data": ctx.data}
+        return {"caught": ctx.type, "data": ctx.message}
 
     async with running(service) as run:
         assert (await run.peer.message(1, "known")).json == b'"known"'
@@ -245,7 +248,7 @@ async def test_commands_are_written_in_order_before_the_reply() -> None:
 
     @service.ws.on("join")
     async def join(ctx: WsContext) -> Any:
-        room = ctx.data["room"]
+        room = ctx.message["room"]
         await ctx.join(room)
         await ctx.join("lobby")
         await ctx.to(room).except_(ctx.socket.id).except_(99).emit("chat.joined", {"who": 1})
@@ -368,7 +371,7 @@ async def test_requests_run_concurrently_up_to_the_service_concurrency() -> None
         peak = max(peak, active)
         await release.wait()
         active -= 1
-        return int(ctx.data)
+        return int(ctx.message)
 
     async with running(service) as run:
         futures = [run.peer.start(run.peer.message_request(1, "work", i)) for i in range(8)]

@@ -76,7 +76,7 @@ async def echo_item(ctx: HttpContext) -> Any:
         "path": ctx.path,
         "params": ctx.params,
         "query": ctx.query,
-        "body": ctx.json(),
+        "body": ctx.body,
         "content_type": ctx.headers.get("content-type"),
     }
 
@@ -150,7 +150,11 @@ with service.ws.group("demo") as ws:
 
     @ws.on("echo")
     async def echo(ctx: WsContext) -> Any:
-        return {"echo": ctx.data, "type": ctx.type, "id": ctx.message.id if ctx.message else None}
+        return {
+            "echo": ctx.message,
+            "type": ctx.type,
+            "id": ctx.envelope.id if ctx.envelope else None,
+        }
 
     @ws.on("whoami")
     async def whoami(ctx: WsContext) -> Any:
@@ -164,28 +168,28 @@ with service.ws.group("demo") as ws:
 
     @ws.on("join")
     async def join(ctx: WsContext) -> Any:
-        room = ctx.data["room"]
+        room = ctx.message["room"]
         await ctx.join(room)
-        if ctx.data.get("announce"):
+        if ctx.message.get("announce"):
             # Issued before the reply: must reach this client before its ack.
             await ctx.to(room).emit("demo.announce", {"room": room})
         return {"joined": room}
 
     @ws.on("leave")
     async def leave(ctx: WsContext) -> Any:
-        await ctx.leave(ctx.data["room"])
-        return {"left": ctx.data["room"]}
+        await ctx.leave(ctx.message["room"])
+        return {"left": ctx.message["room"]}
 
     @ws.on("emit")
     async def emit(ctx: WsContext) -> Any:
-        d = ctx.data
+        d = ctx.message
         await ctx.to(d["room"]).emit(d["event"], d.get("data"))
         return {"emitted": d["room"]}
 
     @ws.on("seq")
     async def seq(ctx: WsContext) -> Any:
-        await ctx.to(ctx.data["room"]).emit("demo.seq", ctx.data["i"])
-        return ctx.data["i"]
+        await ctx.to(ctx.message["room"]).emit("demo.seq", ctx.message["i"])
+        return ctx.message["i"]
 
     @ws.on("rooms")
     async def rooms(ctx: WsContext) -> Any:
@@ -193,33 +197,33 @@ with service.ws.group("demo") as ws:
 
     @ws.on("presence")
     async def presence(ctx: WsContext) -> Any:
-        d = ctx.data
+        d = ctx.message
         return {"users": await ctx.presence(d["room"]), "online": await ctx.is_online(d["user"])}
 
     @ws.on("close")
     async def close(ctx: WsContext) -> Any:
-        await ctx.close(ctx.data["code"], ctx.data["reason"])
+        await ctx.close(ctx.message["code"], ctx.message["reason"])
         return {"closing": True}
 
     @ws.on("slow")
     async def slow(ctx: WsContext) -> Any:
         # Tell the client who holds the request before sleeping on it.
         await ctx.send("demo.slow.started", {"pid": os.getpid()})
-        await asyncio.sleep(ctx.data["t"])
+        await asyncio.sleep(ctx.message["t"])
         return {"pid": os.getpid()}
 
     @ws.on("nap", concurrent=True)
     async def nap(ctx: WsContext) -> Any:
         # Opted out of ordering: the connection's next messages do not wait for it.
-        await asyncio.sleep(ctx.data["t"])
-        return {"napped": ctx.data["t"]}
+        await asyncio.sleep(ctx.message["t"])
+        return {"napped": ctx.message["t"]}
 
     @ws.on("fail")
     async def fail_message(ctx: WsContext) -> Any:
-        fail(ctx.data["kind"])
+        fail(ctx.message["kind"])
         return {"ok": True}
 
 
 @service.ws.on_message
 async def catch_all(ctx: WsContext) -> Any:
-    return {"caught": ctx.type, "data": ctx.data, "trace": _trace.get([])}
+    return {"caught": ctx.type, "data": ctx.message, "trace": _trace.get([])}
