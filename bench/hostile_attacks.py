@@ -304,7 +304,7 @@ async def smuggling(spec: AttackSpec, deadline: float) -> dict[str, Any]:
 
     await asyncio.gather(*(worker(w) for w in range(int(spec.params.get("concurrency", 8)))))
     # 501 (a transfer coding it does not know, RFC 9112 §6.1) and close is a refusal too.
-    refused = ("400 closed", "501 closed")
+    refused = ("400 closed", "413 closed", "501 closed")
     bad = sorted(name for name, c in outcomes.items() if any(k not in refused for k in c))
     total: Counter[str] = Counter()
     for counts in outcomes.values():

@@ -113,6 +113,11 @@ class WebSocketEndpoint:
 
     #: Accept binary messages; if False they are refused with close 1003.
     accept_binary: bool = True
+    #: Over the connection's message rate (``ws_rate``): True stops reading the socket
+    #: until the rate allows the next message (TCP backpressure: nothing is lost, the
+    #: sender slows down); False refuses each message over it and calls
+    #: ``on_rate_limited`` (what service endpoints do: they answer RATE_LIMITED).
+    throttle: bool = True
     #: Token policy at the upgrade: "none", "optional" (verified when present) or
     #: "required" (401 before the upgrade without a valid one).
     auth_policy: str = "none"
@@ -137,12 +142,14 @@ class WebSocketEndpoint:
     def on_rate_limited(self, ws: WebSocket, data: str | bytes, retry_after: float) -> None:
         """``data`` arrived over the connection's message rate and is not handled.
 
-        ``retry_after``: seconds until the next message would pass. Called inline
-        (keep it cheap: a flooding client calls it per message). The default drops
-        the message silently. Sustained abuse closes the connection (1008) without
+        Only called when ``throttle`` is False. ``retry_after``: seconds until the
+        next message would pass. Called inline (keep it cheap: a flooding client
+        calls it per message). Tell the client: answer it, or ``ws.note_dropped``
+        to have it counted in the next ``linkd.rate_limited`` event, which is what
+        the default does. Sustained abuse closes the connection (1008) without
         calling this.
         """
-        return None
+        ws.note_dropped(retry_after)
 
 
 class Routes:

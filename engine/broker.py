@@ -5,7 +5,8 @@ broker to publish. ``LocalBroker`` (the default, one node) numbers the event in
 memory and hands it straight back to the hub for delivery. ``RedisBroker``
 (engine/redis_broker.py) numbers it in Redis and every node, the publishing one
 included, delivers it when it comes back on a Redis channel, so all nodes see one
-order per room. Both tell the hub ``deliver(...)``; both answer recoveries.
+order per room. Both tell the hub ``deliver(...)``; both answer recoveries
+(``send_recovery``, or ``recovery_failed`` when they cannot).
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ FIELDS = {"r": b"room", "u": b"user"}
 class Broker(Protocol):
     #: False while the broker cannot reach its backend (``/health`` says degraded).
     healthy: bool
+    #: Seconds a recovery may take; past it the hub answers ``recovered: false``.
+    recovery_timeout: float
+    #: Live events the hub holds per connection and stream while its recovery runs;
+    #: past it the recovery is given up (``recovered: false``, then the held events).
+    max_held: int
 
     async def start(self, hub: Hub) -> None: ...
 
@@ -52,7 +58,8 @@ class Broker(Protocol):
         """The last one left."""
 
     def recover(self, ws: WsProtocol, kind: str, name: str, epoch: str, seq: int) -> None:
-        """Send ``ws`` the events of the stream after ``seq``, then the verdict."""
+        """Send ``ws`` the events of the stream after ``seq``, then the verdict: through
+        ``hub.send_recovery``, or ``hub.recovery_failed`` if it cannot be done."""
 
     def fence(self) -> asyncio.Future[None] | None:
         """Done when what was asked so far took effect locally; None if it already has."""
@@ -62,6 +69,9 @@ class LocalBroker:
     """One node: events numbered and kept in memory, delivered at once."""
 
     healthy = True
+    # Recoveries are answered within the call: nothing is ever held, nor late.
+    recovery_timeout = 5.0
+    max_held = 1000
 
     def __init__(self, history: StreamHistory) -> None:
         self.history = history

@@ -65,6 +65,17 @@ def _rule(spec: str) -> tuple[str, str]:
     return pattern, policy.label
 
 
+def _uids(value: str) -> tuple[int, ...]:
+    """``1000,1001`` (empty: none)."""
+    try:
+        uids = tuple(int(v) for v in value.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of uids: {value!r}") from None
+    if any(u < 0 for u in uids):
+        raise argparse.ArgumentTypeError(f"not a list of uids: {value!r}")
+    return uids
+
+
 def _size(value: str) -> int:
     """``1048576``, ``64k``, ``1m``, ``16M``, ``1g``."""
     units = {"k": 1024, "m": 1024**2, "g": 1024**3}
@@ -89,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.ipc_mode,
         metavar="OCTAL",
         help="permissions of the IPC socket file (0600: only this user)",
+    )
+    p.add(
+        "--ipc-allowed-uids",
+        type=_uids,
+        default=None,
+        metavar="UID,...",
+        help="users besides the engine's own whose workers may register (SO_PEERCRED)",
     )
     p.add(
         "--request-timeout",
@@ -145,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds of clock skew accepted on exp/nbf",
     )
     p.add(
+        "--jwt-allow-no-exp",
+        action="store_true",
+        default=False,
+        help="accept tokens without an exp claim (they never expire; default: 401)",
+    )
+    p.add(
         "--no-close-on-token-expiry",
         action="store_true",
         default=False,
@@ -187,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for the peer's close frame before dropping TCP",
     )
     p.add(
+        "--send-timeout",
+        type=float,
+        default=d.send_timeout,
+        help="seconds an HTTP client with unsent responses over the write high-water mark "
+        "may take no byte of them before it is dropped (0: never)",
+    )
+    p.add(
         "--shutdown-grace",
         type=float,
         default=d.shutdown_grace,
@@ -209,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_size,
         default=lim.max_message_bytes,
         help="largest WebSocket message after inflation, bytes (1009 above)",
+    )
+    p.add(
+        "--max-message-fragments",
+        type=int,
+        default=lim.max_message_fragments,
+        help="most frames one WebSocket message may arrive in (1009 above; 0: no limit)",
     )
     p.add(
         "--max-body-size",
@@ -259,8 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--ws-rate",
         type=float,
         default=d.ws_rate,
-        help="inbound messages per second per WebSocket; over it a message is refused "
-        "(RATE_LIMITED to service clients) (0: no limit)",
+        help="inbound messages per second per WebSocket; over it a service refuses the "
+        "message (RATE_LIMITED), echo and embedded endpoints stop reading until it passes "
+        "(0: no limit)",
     )
     p.add(
         "--ws-burst",
@@ -289,10 +327,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds of the window --ws-abuse-limit counts in",
     )
     p.add(
+        "--ws-frame-rate",
+        type=float,
+        default=d.ws_frame_rate,
+        help="frames per second per WebSocket that are not a whole message (pings, pongs, "
+        "fragments); past --ws-frame-burst of them closed with 1008 (0: no limit)",
+    )
+    p.add(
+        "--ws-frame-burst",
+        type=float,
+        default=d.ws_frame_burst,
+        help="such frames a WebSocket may send at once above --ws-frame-rate",
+    )
+    p.add(
         "--max-connections",
         type=int,
         default=d.max_connections,
-        help="open WebSockets in all; beyond it upgrades get 503 OVERLOADED (0: no cap)",
+        help="open client connections in all, HTTP and WebSocket; beyond it a new "
+        "connection's first request gets 503 OVERLOADED (0: no cap)",
     )
     p.add(
         "--max-connections-per-ip",
@@ -308,6 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(0: no cap)",
     )
     p.add(
+        "--max-rooms-per-connection",
+        type=int,
+        default=d.max_rooms_per_connection,
+        help="rooms one WebSocket may be in; a join past it is refused (linkd.join_refused "
+        "to the client) (0: no cap)",
+    )
+    p.add(
         "--history-size",
         type=int,
         default=d.history_size,
@@ -318,6 +377,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=d.history_ttl,
         help="seconds an event stays recoverable",
+    )
+    p.add(
+        "--recovery-timeout",
+        type=float,
+        default=d.recovery_timeout,
+        help="seconds a reconnecting client's recovery may take (Redis slow or hung); "
+        "then it gets recovered: false and live events",
+    )
+    p.add(
+        "--recovery-max-held",
+        type=int,
+        default=d.recovery_max_held,
+        help="live events held per connection and stream while its recovery runs; past it "
+        "the recovery is abandoned (recovered: false, then the held events)",
     )
     p.add(
         "--presence-lease",
@@ -344,6 +417,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=d.new_connections_burst,
         help="new WebSockets a client address may open at once above the rate",
+    )
+    p.add(
+        "--http-rate",
+        type=float,
+        default=d.http_rate,
+        help="HTTP requests (upgrades included) per second per client address; beyond it "
+        "429 with Retry-After (0: no limit; raise it behind a proxy that sends more)",
+    )
+    p.add(
+        "--http-burst",
+        type=float,
+        default=d.http_burst,
+        help="HTTP requests a client address may send at once above --http-rate",
     )
     p.add(
         "--ip-table-size",
@@ -381,6 +467,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_header_bytes=args.max_header_size,
         max_body_bytes=args.max_body_size,
         max_message_bytes=args.max_message_size,
+        max_message_fragments=args.max_message_fragments,
         max_inbound_queue=args.max_inbound_queue,
         max_outbound_bytes=args.max_outbound_buffer,
         compression_threshold=args.compression_threshold,
@@ -397,6 +484,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         port=port,
         ipc_path=args.ipc or None,
         ipc_mode=args.ipc_mode,
+        ipc_allowed_uids=args.ipc_allowed_uids or (),
         request_timeout=args.request_timeout,
         worker_concurrency=args.worker_concurrency,
         service_queue=args.service_queue,
@@ -411,6 +499,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         jwt_audience=args.jwt_audience,
         jwt_issuer=args.jwt_issuer,
         jwt_leeway=args.jwt_leeway,
+        jwt_allow_no_exp=args.jwt_allow_no_exp,
         close_on_token_expiry=not args.no_close_on_token_expiry,
         log_level=args.log_level,
         access_log=not args.no_access_log,
@@ -420,6 +509,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         body_timeout=args.body_timeout,
         keep_alive_timeout=args.keep_alive_timeout,
         close_timeout=args.close_timeout,
+        send_timeout=args.send_timeout,
         shutdown_grace=args.shutdown_grace,
         drain_batch=args.drain_batch,
         drain_interval=args.drain_interval,
@@ -431,15 +521,22 @@ def config_from_args(args: argparse.Namespace) -> Config:
         slow_consumer_events=slow_events,
         ws_abuse_limit=args.ws_abuse_limit,
         ws_abuse_window=args.ws_abuse_window,
+        ws_frame_rate=args.ws_frame_rate,
+        ws_frame_burst=args.ws_frame_burst,
         max_connections=args.max_connections,
         max_connections_per_ip=args.max_connections_per_ip,
         max_connections_per_user=args.max_connections_per_user,
+        max_rooms_per_connection=args.max_rooms_per_connection,
         presence_grace=args.presence_grace,
         presence_lease=args.presence_lease,
         history_size=args.history_size,
         history_ttl=args.history_ttl,
+        recovery_timeout=args.recovery_timeout,
+        recovery_max_held=args.recovery_max_held,
         new_connections_per_ip=args.new_connections_per_ip,
         new_connections_burst=args.new_connections_burst,
+        http_rate=args.http_rate,
+        http_burst=args.http_burst,
         ip_table_size=args.ip_table_size,
         limits=limits,
         deflate=deflate,
@@ -471,6 +568,8 @@ def token_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     if not args.jwt_secret:
         parser.error("needs --jwt-secret or LINKD_JWT_SECRET")
+    if not args.ttl > 0:
+        parser.error("--ttl must be positive: a token always expires")
     authenticator = Authenticator(
         secret=args.jwt_secret, audience=args.jwt_audience, issuer=args.jwt_issuer
     )

@@ -36,6 +36,9 @@ class Config:
     ipc_path: str | None = None
     #: Permissions of the socket file: only the engine's user may connect.
     ipc_mode: int = 0o600
+    #: Users (besides the engine's own) whose workers may register; others are refused
+    #: from SO_PEERCRED even if the socket mode lets them connect.
+    ipc_allowed_uids: tuple[int, ...] = ()
     #: Largest IPC frame accepted from a worker (docs/ipc.md §2).
     ipc_max_frame: int = 8 * 1024 * 1024
     #: Ping workers this often; one that has not answered a heartbeat later is dropped.
@@ -59,6 +62,9 @@ class Config:
     jwt_issuer: str | None = None
     #: Clock skew accepted on ``exp``/``nbf``, seconds.
     jwt_leeway: float = 30.0
+    #: Accept tokens without ``exp``. Off: such a token would be valid forever, so a
+    #: leaked one could never be revoked by waiting.
+    jwt_allow_no_exp: bool = False
     #: Close a WebSocket with 1008 when its token expires.
     close_on_token_expiry: bool = True
     log_level: str = "info"
@@ -77,6 +83,11 @@ class Config:
     keep_alive_timeout: float = 5.0
     #: After we send a close frame, wait this long for the peer's, then drop TCP.
     close_timeout: float = 5.0
+    #: An HTTP client whose unsent responses are over the write high-water mark and
+    #: that takes no byte of them for this long is dropped: a client that pipelines
+    #: and never reads would otherwise hold its connection slot and buffers forever.
+    #: Progress (any byte taken) restarts it, so a slow download is not cut. 0: never.
+    send_timeout: float = 30.0
     #: SIGTERM/SIGINT: time granted to in-flight work before connections are dropped.
     shutdown_grace: float = 10.0
     #: At shutdown, WebSockets are closed (1001) this many at a time, every
@@ -87,7 +98,9 @@ class Config:
     timer_resolution: float = 0.25
 
     #: Inbound WebSocket messages per second per connection, and the burst above it
-    #: (token bucket); over it a message is not handled. 0 disables.
+    #: (token bucket). Over it a service endpoint refuses the message (RATE_LIMITED);
+    #: a raw endpoint (echo, embedders) stops reading until the rate allows the next
+    #: one, so nothing is lost and TCP slows the sender down. 0 disables.
     ws_rate: float = 100.0
     ws_burst: float = 200.0
     #: Extra limits for service message types: ``(type, rate, burst)``.
@@ -96,7 +109,16 @@ class Config:
     #: close 1008. 0: never close for it.
     ws_abuse_limit: int = 20
     ws_abuse_window: float = 10.0
-    #: Open WebSockets in all (503 OVERLOADED beyond); 0: no cap.
+    #: Frames per second per connection that are not a whole message (control frames,
+    #: every fragment but a message's last; whole messages have ``ws_rate``), and the
+    #: burst: past it close 1008. Each costs a parse whatever its size; a client pings
+    #: about once a second and rarely fragments, so 2000/s with 5 s of burst is 20x the
+    #: message rate and never met by a legitimate client. 0 disables.
+    ws_frame_rate: float = 2000.0
+    ws_frame_burst: float = 10000.0
+    #: Open client connections in all, HTTP and WebSocket (an upgrade keeps the slot
+    #: of its HTTP connection); beyond it the first request is answered 503 OVERLOADED
+    #: and the connection closed; 0: no cap.
     max_connections: int = 100_000
     #: Open WebSockets per client address (IPv4, or IPv6 /64) (429 beyond); 0: no cap.
     #: Off by default: behind a load balancer or a NAT every client shares an address.
@@ -105,10 +127,25 @@ class Config:
     #: (by default, for the same reason).
     new_connections_per_ip: float = 0.0
     new_connections_burst: float = 40.0
-    #: Addresses remembered without an open WebSocket (bounds the per-address table).
+    #: Addresses remembered without an open WebSocket (bounds the per-address table,
+    #: and the table of the HTTP request rate).
     ip_table_size: int = 65536
+    #: HTTP requests (upgrades included) per client address per second, and the burst
+    #: (429 RATE_LIMITED with Retry-After beyond); 0: off. On by default, set far above
+    #: one client because behind a NAT or a proxy every client shares the address: a
+    #: NAT of thousands of people, or a page firing a hundred requests at once, stays
+    #: under it, while one address cannot take more than about a fifth of a core (the
+    #: engine answers about 5000 GET /health per second per core, measured). Raise it,
+    #: or 0, behind a reverse proxy that forwards more than this.
+    http_rate: float = 1000.0
+    http_burst: float = 2000.0
     #: Open WebSockets per authenticated user, over every path (429 beyond); 0: no cap.
     max_connections_per_user: int = 100
+    #: Rooms one connection may be in (a join past it is refused); 0: no cap. The chat
+    #: joins every room of its user at connect; each membership costs memory, a broker
+    #: subscription with Redis and work at close. 1000 (the most rooms ``?recover=`` may
+    #: name) is far above what a person follows.
+    max_rooms_per_connection: int = 1000
     #: What happens to a connection that cannot keep up (engine/slow.py):
     #: "disconnect" (1013), "drop_oldest" or "conflate"; per path and per event type
     #: (fnmatch patterns) on top of the default.
@@ -119,6 +156,12 @@ class Config:
     #: for how long (seconds). 0 events: numbered but not kept (nothing recoverable).
     history_size: int = 1000
     history_ttl: float = 300.0
+    #: A recovery not answered within this many seconds (Redis hung, slow or lost)
+    #: ends in ``recovered: false`` and live delivery: never a connection left waiting.
+    recovery_timeout: float = 5.0
+    #: Live events held per connection and stream while its recovery runs; past it the
+    #: recovery is abandoned (``recovered: false``, then the held events): bounded memory.
+    recovery_max_held: int = 1000
     #: A user whose last connection closed stays online this long (seconds), so a
     #: reload or a quick reconnect does not flap offline/online. 0: offline at once.
     presence_grace: float = 5.0
@@ -138,6 +181,7 @@ class Config:
             "body_timeout",
             "keep_alive_timeout",
             "close_timeout",
+            "send_timeout",
             "shutdown_grace",
         ):
             if getattr(self, name) < 0:
@@ -145,6 +189,8 @@ class Config:
         if self.timer_resolution <= 0:
             raise ValueError("timer_resolution must be positive")
         check_rate("ws_rate/ws_burst", self.ws_rate, self.ws_burst)
+        check_rate("http_rate/http_burst", self.http_rate, self.http_burst)
+        check_rate("ws_frame_rate/ws_frame_burst", self.ws_frame_rate, self.ws_frame_burst)
         check_rate(
             "new_connections_per_ip/new_connections_burst",
             self.new_connections_per_ip,
@@ -155,6 +201,8 @@ class Config:
         self.slow_consumer_policies()  # raises ValueError on an unknown policy
         if self.history_size < 0 or self.history_ttl <= 0:
             raise ValueError("history_size must not be negative and history_ttl positive")
+        if self.recovery_timeout <= 0 or self.recovery_max_held < 1:
+            raise ValueError("recovery_timeout must be positive and recovery_max_held at least 1")
         if self.drain_batch < 1 or self.drain_interval < 0:
             raise ValueError("drain_batch must be at least 1 and drain_interval not negative")
         if self.presence_lease <= 0:
@@ -166,6 +214,7 @@ class Config:
             "max_connections",
             "max_connections_per_ip",
             "max_connections_per_user",
+            "max_rooms_per_connection",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")

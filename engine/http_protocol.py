@@ -1,8 +1,24 @@
 """HttpProtocol: the asyncio shell around one ``HttpConn``, and the WebSocket upgrade.
 
-Requests come out of the core one at a time; while one is being answered, reading
-is paused (pipelined requests wait in h11's buffer, bounded by one socket read). On
-a valid upgrade to a mounted WebSocket path, the transport is handed to a
+Requests come out of the core one at a time. While one is being answered, reading
+is paused; once it is answered, the next pipelined request (already in h11's buffer,
+unparsed) is taken at the next loop iteration, never inline, so a connection that
+pipelines thousands of requests gets one per iteration like everybody else. Reading
+resumes only when the core needs bytes for the next request.
+
+Write side: the transport's buffer marks (``write_high_water``/``write_low_water``)
+drive ``pause_writing``/``resume_writing``. Above the high-water mark no further
+request is taken and reading stays paused, so what a peer that does not read can
+make us hold is bounded: its unsent responses (the mark plus one response), one
+socket read of pipelined bytes in h11 and the head or body being received (their
+limits). A peer that takes no byte for ``send_timeout`` is dropped.
+
+Every response goes through ``HttpConn.respond``; one that h11 refuses to serialize
+(CR/LF in a header, a 1xx status...) is answered 502 and the connection closed.
+An HTTP connection holds a ``max_connections`` slot from ``connection_made`` until
+``connection_lost``, or until it upgrades: the WebSocket keeps the slot.
+
+On a valid upgrade to a mounted WebSocket path, the transport is handed to a
 ``WsProtocol`` together with h11's trailing bytes, so nothing is parsed twice.
 """
 
@@ -20,10 +36,12 @@ import orjson
 
 from protocol import ErrorCode, MessageTooBig, RemoteProtocolError
 from protocol.http import (
+    NEED_DATA,
     HttpConn,
     HttpRequest,
     HttpState,
     PeerEOF,
+    UnsendableResponse,
     UpgradeRejected,
     is_websocket_upgrade,
     validate_upgrade,
@@ -33,7 +51,8 @@ from protocol.ws import WsConn
 from .app import Request, Response, error_body
 from .auth import authenticate
 from .history import RecoverRequest, parse_recover
-from .ratelimit import ConnectionLimiter, Refusal, address_key
+from .log import redact_target
+from .ratelimit import CAP_RETRY_AFTER, ConnectionLimiter, Refusal, address_key
 from .router import MethodNotAllowed
 from .state import ServerState
 from .ws_protocol import WsProtocol
@@ -54,24 +73,40 @@ _ERROR_MESSAGES = {
     501: (ErrorCode.BAD_REQUEST, "not implemented"),
 }
 
+#: A response h11 refuses is the handler's fault, not the client's, and retrying will
+#: not help: 502 (the gateway got an invalid answer from upstream) with INTERNAL.
+_UNSENDABLE = error_body(ErrorCode.INTERNAL, "the handler's response could not be sent")
 
 _REFUSALS = {
     "global": (ErrorCode.OVERLOADED, "too many connections"),
     "per_ip": (ErrorCode.RATE_LIMITED, "too many connections from this address"),
     "rate": (ErrorCode.RATE_LIMITED, "too many new connections from this address"),
+    "http_rate": (ErrorCode.RATE_LIMITED, "too many requests from this address"),
 }
+
+# Why reading is paused (bit flags: it resumes when none is left).
+#: A request is being answered, or the next one may be in h11's buffer already.
+_HOLD_REQUEST = 1
+#: The transport's buffer is above its high-water mark (``pause_writing``).
+_HOLD_WRITE = 2
 
 
 class HttpProtocol(asyncio.Protocol):
     """One client TCP connection until (unless) it upgrades to WebSocket."""
 
     __slots__ = (
+        "_address",
         "_conn",
+        "_eof",
+        "_hold",
         "_last_state",
-        "_paused",
+        "_over_cap",
         "_request",
+        "_scheduled",
+        "_slot",
         "_state",
         "_transport",
+        "_unsent",
         "deadline",
         "remote",
     )
@@ -80,88 +115,166 @@ class HttpProtocol(asyncio.Protocol):
         self._state = state
         self._conn = HttpConn(state.limits)
         self._transport: asyncio.Transport | None = None
-        self._paused = False
+        #: ``_HOLD_*`` flags; reading is paused while any is set.
+        self._hold = 0
+        #: A ``_process`` is scheduled with ``call_soon``.
+        self._scheduled = False
+        self._eof = False
+        #: Holds a ``max_connections`` slot; or came over the cap (answered 503).
+        self._slot = False
+        self._over_cap = False
+        #: Unsent bytes when the send timeout was last armed (progress detection).
+        self._unsent = 0
         self._request: HttpRequest | None = None
         self._last_state = HttpState.IDLE
         self.remote: tuple[str, int] | None = None
+        self._address: str | None = None
         self.deadline = math.inf
+
+    @property
+    def writing_paused(self) -> bool:
+        """The transport's buffer is above its high-water mark."""
+        return bool(self._hold & _HOLD_WRITE)
 
     # ------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         transport = cast(asyncio.Transport, transport)
         self._transport = transport
+        state = self._state
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             # IPv4's (host, port) as it is; IPv6's 4-tuple trimmed.
             self.remote = peer if len(peer) == 2 else (str(peer[0]), int(peer[1]))
-        limits = self._state.limits
+            self._address = address_key(self.remote[0])
+        limits = state.limits
         transport.set_write_buffer_limits(limits.write_high_water, limits.write_low_water)
-        self._state.http_connections.add(self)
-        self._state.metrics.http_open += 1
+        state.http_connections.add(self)
+        state.metrics.http_open += 1
+        cap = state.config.max_connections
+        if cap and state.open_connections >= cap:
+            # Refused at its first request, once that is read: closing a socket with
+            # unread bytes sends a reset, which can destroy the 503 before it is read.
+            self._over_cap = True
+        else:
+            self._slot = True
+            state.http_slots += 1
         # Until the first byte, the header timeout is what bounds an idle new connection.
-        self._set_deadline(self._state.config.header_timeout)
+        self._set_deadline(state.config.header_timeout)
 
     def data_received(self, data: bytes) -> None:
         self._conn.receive_data(data)
         self._process()
 
     def eof_received(self) -> bool:
-        self._conn.receive_data(b"")
-        self._process()
-        # Keep the write side open while a response is still being produced.
-        return self._conn.state is HttpState.RESPONDING
+        if not self._eof:
+            self._eof = True
+            self._conn.receive_data(b"")
+            self._process()
+        # Keep the write side open: pipelined requests before the EOF are still
+        # answered, one per iteration; the core reports PeerEOF after them (→ close).
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._transport is None:
             return
         self._transport = None
         self.deadline = math.inf
-        self._state.http_connections.discard(self)
-        self._state.metrics.http_open -= 1
-        self._state.check_idle()
+        self._hold = 0
+        state = self._state
+        state.http_connections.discard(self)
+        state.metrics.http_open -= 1
+        self._release_slot()
+        state.check_idle()
+
+    def pause_writing(self) -> None:
+        """Above the high-water mark: take no request and read nothing until it drains."""
+        if self._hold & _HOLD_WRITE or self._transport is None:
+            return
+        self._hold_reading(_HOLD_WRITE)
+        self._unsent = self._transport.get_write_buffer_size()
+        self._arm_send_timeout()
+
+    def resume_writing(self) -> None:
+        if not self._hold & _HOLD_WRITE:
+            return
+        self._release_reading(_HOLD_WRITE)
+        self._state_deadline()
+        self._schedule()  # pipelined requests waiting in h11's buffer
 
     # -------------------------------------------------------------- parsing
     def _process(self) -> None:
-        """Pull events out of the core until it needs data or a response is pending."""
+        """Take at most one event out of the core: a request is answered before the
+        next is parsed, and the next waits for another loop iteration."""
+        self._scheduled = False
         conn = self._conn
-        while self._transport is not None:
-            try:
-                event = conn.next_event()
-            except MessageTooBig:
-                self._fail(413)
-                return
-            except RemoteProtocolError as exc:
-                self._fail(exc.status_hint if exc.status_hint in _ERROR_MESSAGES else 400)
-                return
-            if isinstance(event, HttpRequest):
-                # Record RESPONDING before answering: a synchronous answer returns to
-                # IDLE within this call, and that change must still move the deadline.
-                self._track_state()
-                self._handle(event)
-                continue
-            if isinstance(event, PeerEOF):
-                self._close()
-                return
-            break  # NEED_DATA or PAUSED
-        if conn.state is HttpState.READING_BODY and self._transport is not None:
+        if self._transport is None or self._hold & _HOLD_WRITE:
+            return  # resume_writing comes back here
+        try:
+            event = conn.next_event()
+        except MessageTooBig:
+            self._fail(413)
+            return
+        except RemoteProtocolError as exc:
+            self._fail(exc.status_hint if exc.status_hint in _ERROR_MESSAGES else 400)
+            return
+        if isinstance(event, HttpRequest):
+            self._hold_reading(_HOLD_REQUEST)
+            # Record RESPONDING before answering: a synchronous answer returns to
+            # IDLE within this call, and that change must still move the deadline.
+            self._track_state()
+            self._dispatch(event)
+            return
+        if isinstance(event, PeerEOF):
+            self._close()
+            return
+        transport = self._transport
+        if conn.state is HttpState.READING_BODY:
             # RFC 9110 §10.1.1: the client waits for this before sending the body.
             cont = conn.continue_bytes()
             if cont:
-                self._transport.write(cont)
+                transport.write(cont)
         self._track_state()
-        if conn.state is HttpState.RESPONDING and not self._paused and self._transport:
-            # A request is being answered: leave pipelined bytes in the kernel.
-            self._paused = True
+        if event is NEED_DATA:
+            self._release_reading(_HOLD_REQUEST)
+
+    def _schedule(self) -> None:
+        if not self._scheduled and self._transport is not None:
+            self._scheduled = True
+            self._state.loop.call_soon(self._process)
+
+    def _hold_reading(self, reason: int) -> None:
+        if not self._hold and self._transport is not None:
             self._transport.pause_reading()
+        self._hold |= reason
+
+    def _release_reading(self, reason: int) -> None:
+        if not self._hold & reason:
+            return
+        self._hold &= ~reason
+        transport = self._transport
+        if (
+            not self._hold
+            and transport is not None
+            and not self._eof
+            and not transport.is_closing()
+        ):
+            transport.resume_reading()
 
     def _track_state(self) -> None:
         state = self._conn.state
         if state is self._last_state:
             return
         self._last_state = state
+        if not self._hold & _HOLD_WRITE:  # the send timeout runs until it drains
+            self._state_deadline()
+
+    def _state_deadline(self) -> None:
+        state = self._conn.state
         config = self._state.config
-        if state is HttpState.READING:
+        if state is HttpState.CLOSING or (self._transport and self._transport.is_closing()):
+            self._set_deadline(config.close_timeout)
+        elif state is HttpState.READING:
             self._set_deadline(config.header_timeout)
         elif state is HttpState.READING_BODY:
             self._set_deadline(config.body_timeout)
@@ -170,23 +283,71 @@ class HttpProtocol(asyncio.Protocol):
         else:
             self.deadline = math.inf
 
+    def _send_window(self) -> float:
+        """How long a write-paused peer may take no byte: ``send_timeout``, or
+        ``close_timeout`` once we are closing (0: never)."""
+        config = self._state.config
+        closing = self._transport is not None and self._transport.is_closing()
+        return config.close_timeout if closing else config.send_timeout
+
+    def _arm_send_timeout(self) -> None:
+        window = self._send_window()
+        if window or (self._transport is not None and self._transport.is_closing()):
+            self._set_deadline(window)
+        else:
+            self.deadline = math.inf
+
     def _set_deadline(self, delay: float) -> None:
         self.deadline = self._state.loop.time() + delay
         self._state.sweeper.schedule(self)
 
     def on_deadline(self, now: float) -> None:
-        """The sweeper: header/body timeout → 408; keep-alive idle → silent close."""
-        if self._transport is None:
+        """The sweeper: no progress writing → drop; header/body timeout → 408;
+        keep-alive idle → silent close; a close that never drained → drop."""
+        transport = self._transport
+        if transport is None:
             return
-        if self._conn.state in (HttpState.READING, HttpState.READING_BODY):
+        if self._hold & _HOLD_WRITE:
+            unsent = transport.get_write_buffer_size()
+            if unsent != self._unsent:  # the peer took some: a slow reader, not a dead one
+                self._unsent = unsent
+                self._arm_send_timeout()
+                return
+            log.info(
+                "%s read none of its responses for %.1fs: dropped",
+                self.remote[0] if self.remote else "-",
+                self._send_window(),
+            )
+            transport.abort()
+        elif self._conn.state is HttpState.CLOSING or transport.is_closing():
+            transport.abort()  # we closed, and what was left to write never drained
+        elif self._conn.state in (HttpState.READING, HttpState.READING_BODY):
             log.info("request from %s timed out", self.remote)
             self._fail(408)
-        elif self._conn.state is HttpState.CLOSING:
-            self._transport.abort()  # the error response never drained
         else:
             self._close()
 
     # ------------------------------------------------------------- requests
+    def _dispatch(self, request: HttpRequest) -> None:
+        """Admission (connection cap, request rate), then the request itself."""
+        state = self._state
+        if self._over_cap:
+            self._refuse(request, state.limiter, Refusal("global", CAP_RETRY_AFTER))
+            return
+        rates = state.http_rates
+        if rates is not None and self._address is not None:
+            wait = rates.take(self._address, state.loop.time())
+            if wait:
+                self._rate_limited(request, wait)
+                return
+        try:
+            self._handle(request)
+        except Exception:
+            # Endpoint hooks run inline (reject_upgrade, select_subprotocol...).
+            log.exception("handler for %s %s failed", request.method, request.path)
+            if self._transport is not None and self._conn.state is HttpState.RESPONDING:
+                self._respond(request, Response.error(ErrorCode.INTERNAL, "internal error"))
+
     def _handle(self, request: HttpRequest) -> None:
         routes = self._state.routes
         if request.upgrade is not None and is_websocket_upgrade(request):
@@ -249,28 +410,42 @@ class HttpProtocol(asyncio.Protocol):
         headers = response.headers
         if self._state.shutting_down:
             headers = [*headers, ("connection", "close")]
-        # HEAD: HttpConn sends the GET's content-length without the body.
-        data = self._conn.respond(response.status, headers, response.body)
+        try:
+            # HEAD: HttpConn sends the GET's content-length without the body.
+            data = self._conn.respond(response.status, headers, response.body)
+        except UnsendableResponse as exc:
+            # Never silence: the client gets a 502, and the stream (h11 may be in its
+            # error state, a pipelined request behind) is closed after it.
+            log.error(
+                "response %r to %s %s could not be sent (502 instead): %s",
+                response.status,
+                request.method,
+                request.path,
+                exc,
+            )
+            self._fail(502, request)
+            return
         transport.write(data)
         self._state.metrics.count_request(response.status)
+        self._log_access(request, response.status)
+        if self._conn.state is HttpState.CLOSING:
+            self._close()
+            return
+        self._track_state()
+        # The next pipelined request, if any, at the next iteration (never inline):
+        # reading stays paused until the core asks for more bytes.
+        self._schedule()
+
+    def _log_access(self, request: HttpRequest, status: int) -> None:
         if self._state.config.access_log:
             access_log.info(
                 '%s "%s %s HTTP/%s" %d',
                 self.remote[0] if self.remote else "-",
                 request.method,
-                request.target,
+                redact_target(request.target),  # ?token= never reaches a log
                 request.http_version,
-                response.status,
+                status,
             )
-        if self._conn.state is HttpState.CLOSING:
-            self._close()
-            return
-        if self._paused:
-            self._paused = False
-            transport.resume_reading()
-        self._track_state()
-        # A pipelined request may be complete in the buffer already.
-        self._state.loop.call_soon(self._process)
 
     def _upgrade(self, request: HttpRequest) -> None:
         state = self._state
@@ -280,9 +455,11 @@ class HttpProtocol(asyncio.Protocol):
             self._respond(request, Response.error(ErrorCode.NOT_FOUND, "no WebSocket endpoint"))
             return
         # Connection caps come before the token is verified: refusing costs no crypto.
+        # The global cap was applied when the connection was accepted: it holds a
+        # slot already, which the WebSocket keeps (so 0 here: nothing to add).
         limiter = state.limiter
-        address = address_key(self.remote[0]) if self.remote else None
-        capped = limiter.admit(address, state.loop.time(), len(state.ws_connections))
+        address = self._address
+        capped = limiter.admit(address, state.loop.time(), 0)
         if capped is not None:
             self._refuse(request, limiter, capped)
             return
@@ -321,8 +498,15 @@ class HttpProtocol(asyncio.Protocol):
             return
         transport = self._transport
         assert transport is not None
-        transport.write(self._conn.accept_upgrade(outcome.headers))
+        try:
+            switching = self._conn.accept_upgrade(outcome.headers)
+        except UnsendableResponse as exc:
+            log.error("101 to %s could not be sent (502 instead): %s", request.path, exc)
+            self._fail(502, request)
+            return
+        transport.write(switching)
         state.metrics.count_request(101)
+        self._log_access(request, 101)
         ws_conn = WsConn(state.limits, outcome.deflate, state.config.deflate)
         proto = WsProtocol(state, endpoint, ws_conn, request, self.remote, outcome.subprotocol)
         if identity is not None:
@@ -332,18 +516,28 @@ class HttpProtocol(asyncio.Protocol):
             limiter.opened(address, state.loop.time())
             proto._address_slot = (limiter, address)  # released by its connection_lost
         trailing = self._conn.trailing_data
-        # Hand the socket over: from now on the WebSocket protocol owns it.
-        self._state.http_connections.discard(self)
-        self._state.metrics.http_open -= 1
+        # Hand the socket over: from now on the WebSocket protocol owns it, and its
+        # max_connections slot (the hub counts it from proto.connection_made on).
+        state.http_connections.discard(self)
+        state.metrics.http_open -= 1
+        self._release_slot()
         self._transport = None
         self.deadline = math.inf
+        write_held = self._hold & _HOLD_WRITE
         transport.set_protocol(proto)
-        if self._paused:
-            self._paused = False
+        if self._hold:
+            self._hold = 0
             transport.resume_reading()
         proto.connection_made(transport)
+        if write_held:  # the 101 passed the high-water mark before the hand-over
+            proto.pause_writing()
         if trailing:
             proto.data_received(trailing)
+
+    def _release_slot(self) -> None:
+        if self._slot:
+            self._slot = False
+            self._state.http_slots -= 1
 
     def _over_user_cap(self, request: HttpRequest, user_id: str | None) -> bool:
         """``max_connections_per_user``: refuse (429) one connection too many."""
@@ -363,42 +557,64 @@ class HttpProtocol(asyncio.Protocol):
         return True
 
     def _refuse(self, request: HttpRequest, limiter: ConnectionLimiter, refusal: Refusal) -> None:
-        """A connection cap refused the upgrade: 429/503 with retry-after, then close."""
+        """A connection cap refused the connection: 429/503 with retry-after, then close."""
         code, message = _REFUSALS[refusal.reason]
-        # Milliseconds, rounded up: waiting that long is enough.
-        retry_after = math.ceil(refusal.retry_after * 1000) / 1000
-        body = orjson.dumps(
-            {"error": {"code": code.value, "message": message, "retryAfter": retry_after}}
-        )
-        headers = [
-            *_JSON,
-            ("retry-after", str(max(1, math.ceil(retry_after)))),
-            ("connection", "close"),  # a refused client does not keep a socket
-        ]
+        headers = [*_JSON, *_retry_after(refusal.retry_after)]
+        headers.append(("connection", "close"))  # a refused client does not keep a socket
         self._state.metrics.count_refused(refusal.reason)
         if limiter.log_budget.take(self._state.loop.time()):
             limiter.not_logged += 1
         else:
             log.warning(
-                "refused WebSocket on %s from %s: %s (%d earlier refusals not logged)",
+                "refused %s on %s from %s: %s (%d earlier refusals not logged)",
+                "WebSocket" if request.upgrade is not None else "HTTP request",
                 request.path,
                 self.remote[0] if self.remote else "-",
                 message,
                 limiter.not_logged,
             )
             limiter.not_logged = 0
+        body = _refusal_body(code, message, refusal.retry_after)
         self._respond(request, Response(code.status, headers, body))
 
+    def _rate_limited(self, request: HttpRequest, wait: float) -> None:
+        """Over the per-address request rate: 429 with retry-after; keep-alive kept
+        (the client may simply wait; a flood meets the write-side backpressure)."""
+        rates = self._state.http_rates
+        assert rates is not None
+        if rates.log_budget.take(self._state.loop.time()):
+            rates.not_logged += 1
+        else:
+            log.warning(
+                "refused %s %s from %s: over the HTTP request rate of %g/s, burst %g "
+                "(--http-rate, --http-burst; %d earlier refusals not logged)",
+                request.method,
+                request.path,
+                self.remote[0] if self.remote else "-",
+                rates.rate,
+                rates.burst,
+                rates.not_logged,
+            )
+            rates.not_logged = 0
+        code, message = _REFUSALS["http_rate"]
+        headers = [*_JSON, *_retry_after(wait)]
+        self._respond(request, Response(code.status, headers, _refusal_body(code, message, wait)))
+
     # --------------------------------------------------------------- errors
-    def _fail(self, status: int) -> None:
-        """Answer a protocol error with a JSON body and close (no details leak)."""
+    def _fail(self, status: int, request: HttpRequest | None = None) -> None:
+        """Answer an error with a JSON body and close (no details leak)."""
         transport = self._transport
         if transport is None:
             return
-        code, message = _ERROR_MESSAGES.get(status, _ERROR_MESSAGES[400])
-        data = self._conn.reject(status, _JSON, error_body(code, message))
-        transport.write(data)
+        if status == 502:
+            body = _UNSENDABLE
+        else:
+            code, message = _ERROR_MESSAGES.get(status, _ERROR_MESSAGES[400])
+            body = error_body(code, message)
+        transport.write(self._conn.reject(status, _JSON, body))
         self._state.metrics.count_request(status)
+        if request is not None:
+            self._log_access(request, status)
         self._close()
 
     def _close(self) -> None:
@@ -407,9 +623,10 @@ class HttpProtocol(asyncio.Protocol):
             return
         if not transport.is_closing():
             transport.close()
-        # If the client never reads what we wrote, drop the connection anyway.
-        self._set_deadline(self._state.config.close_timeout)
         self._last_state = HttpState.CLOSING
+        # If the client never reads what we wrote, drop the connection anyway (while
+        # the buffer is over the mark, only if it takes nothing for that long).
+        self._set_deadline(self._state.config.close_timeout)
 
     def abort(self) -> None:
         if self._transport is not None:
@@ -419,6 +636,17 @@ class HttpProtocol(asyncio.Protocol):
         """Engine shutdown: idle connections close now; busy ones after their response."""
         if self._conn.state in (HttpState.IDLE, HttpState.READING, HttpState.READING_BODY):
             self._close()
+
+
+def _retry_after(seconds: float) -> list[tuple[str, str]]:
+    # Whole seconds, rounded up, at least 1 (RFC 9110 §10.2.3).
+    return [("retry-after", str(max(1, math.ceil(seconds))))]
+
+
+def _refusal_body(code: ErrorCode, message: str, retry_after: float) -> bytes:
+    # Milliseconds, rounded up: waiting that long is enough.
+    wait = math.ceil(retry_after * 1000) / 1000
+    return orjson.dumps({"error": {"code": code.value, "message": message, "retryAfter": wait}})
 
 
 def _recover_positions(query: str) -> RecoverRequest | None:

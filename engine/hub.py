@@ -7,6 +7,8 @@ brings it back to ``deliver`` on every node that has a connection concerned.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
     from .ws_protocol import WsProtocol
 
 __all__ = ["Hub"]
+
+log = logging.getLogger("linkd.hub")
 
 
 class Hub:
@@ -74,9 +78,10 @@ class Hub:
         #: Write each delivery at once instead of corking it (a lone publish on an idle
         #: engine: set by the IPC shell around that one emit).
         self.write_through = False
-        #: Streams with a recovery in flight: ``"r:room"`` → connection → the live
-        #: events ``(seq, payload)`` held back until its missed ones are sent.
-        self.pending: dict[str, dict[WsProtocol, list[tuple[int, bytes]]]] = {}
+        #: Streams with a recovery in flight: ``"r:room"`` → connection → its wait
+        #: (the position it asked from, the live events held back until its missed
+        #: ones are sent, its deadline).
+        self.pending: dict[str, dict[WsProtocol, _Waiting]] = {}
 
     # ------------------------------------------------------------ membership
     def add(self, ws: WsProtocol) -> None:
@@ -123,19 +128,29 @@ class Hub:
                 self._stop_waiting(key, ws)
         return rooms
 
-    def join(self, ws: WsProtocol, room: str) -> None:
+    def join(self, ws: WsProtocol, room: str) -> bool:
+        """Add ``ws`` to ``room``; False if it is closed, or refused because it is in
+        ``ws.max_rooms`` rooms already (counted, logged, and the client is told:
+        ``WsProtocol.join_refused``). Every join path comes here: worker commands, the
+        embedding API, and joins that recover a stream (refused: no recovery)."""
         if ws.closed:
-            return
+            return False
         mine = ws.rooms
         if mine is None:
             ws.rooms = [room]  # a one-item list: 64 bytes, a set 216
-        elif isinstance(mine, list):
-            if room not in mine:
+        elif room not in mine:
+            limit = ws.max_rooms
+            if limit and len(mine) >= limit:
+                ws.join_refused(room, limit)
+                return False
+            if isinstance(mine, list):
                 mine.append(room)
                 if len(mine) > _SMALL:
                     ws.rooms = set(mine)
-        else:
-            mine.add(room)
+            else:
+                mine.add(room)
+            if ws.join_refusals:
+                ws.end_join_refusals()
         members = self.rooms.get(room)
         if members is None:
             members = self.rooms[room] = set()
@@ -149,20 +164,67 @@ class Hub:
             position = recover.rooms.pop(room, None)
             if position is not None:
                 self._recover(ws, "r", room, *position)
+        return True
 
     # -------------------------------------------------------------- recovery
     def _recover(self, ws: WsProtocol, kind: str, name: str, epoch: str, seq: int) -> None:
         # Live events of the stream are held back for this connection until the
-        # broker has sent what it missed (at once for the local broker).
-        self.pending.setdefault(f"{kind}:{name}", {})[ws] = []
-        self.broker.recover(ws, kind, name, epoch, seq)
+        # broker has sent what it missed (at once for the local broker). However the
+        # recovery goes, it ends in a verdict: an error, a deadline, too much held.
+        key = f"{kind}:{name}"
+        wait = _Waiting(epoch, seq)
+        self.pending.setdefault(key, {})[ws] = wait
+        try:
+            self.broker.recover(ws, kind, name, epoch, seq)
+        except Exception:
+            log.exception("recovery of %s failed", key)
+            self.recovery_failed(ws, kind, name)
+            return
+        if self.pending.get(key, {}).get(ws) is wait:  # answered later (Redis)
+            wait.timer = asyncio.get_running_loop().call_later(
+                self.broker.recovery_timeout, self._give_up, ws, kind, name, "timed out"
+            )
+
+    def recovery_deadline(self, ws: WsProtocol, kind: str, name: str) -> float | None:
+        """Loop time by which ``ws``'s recovery of the stream must be answered; None if
+        it no longer waits (answered, given up, gone): the broker need not look."""
+        wait = self.pending.get(f"{kind}:{name}", {}).get(ws)
+        if wait is None:
+            return None
+        if wait.timer is not None:
+            return wait.timer.when()
+        return asyncio.get_running_loop().time() + self.broker.recovery_timeout
 
     def send_recovery(self, ws: WsProtocol, kind: str, name: str, found: Recovery) -> None:
         """The broker found what ``ws`` missed: send it, the verdict, then what was held."""
-        key = f"{kind}:{name}"
-        held = self._stop_waiting(key, ws)
-        if ws.closed:
+        wait = self._stop_waiting(f"{kind}:{name}", ws)
+        if wait is None or ws.closed:
+            return  # already given up (a late answer: it would duplicate), or gone
+        # Held events up to the verdict's seq were in the history: sent above, or known.
+        self._answer(ws, kind, name, found, wait.held, found.seq)
+
+    def recovery_failed(self, ws: WsProtocol, kind: str, name: str) -> None:
+        """The recovery cannot be completed (Redis failed or too slow, too many events
+        held): ``recovered: false`` with the client's own position, unchanged (nothing
+        is claimed about what it missed), then every event held, in order."""
+        wait = self._stop_waiting(f"{kind}:{name}", ws)
+        if wait is None or ws.closed:
             return
+        self._answer(ws, kind, name, Recovery([], False, wait.epoch, wait.seq), wait.held, None)
+
+    def _give_up(self, ws: WsProtocol, kind: str, name: str, why: str) -> None:
+        _given_up.count(why)
+        self.recovery_failed(ws, kind, name)
+
+    def _answer(
+        self,
+        ws: WsProtocol,
+        kind: str,
+        name: str,
+        found: Recovery,
+        held: list[tuple[int | None, bytes]],
+        known: int | None,
+    ) -> None:
         threshold = self.compression_threshold
         for payload in found.events:
             ws.send_prepared(OutboundMessage(payload, text=True, compression_threshold=threshold))
@@ -180,23 +242,28 @@ class Hub:
         )
         ws.send_prepared(OutboundMessage(verdict, text=True, compression_threshold=threshold))
         for seq, payload in held:
-            if seq > found.seq:  # the history already had the others
+            # Unnumbered ones (Redis unreachable: local delivery) always go.
+            if known is None or seq is None or seq > known:
                 ws.send_prepared(
                     OutboundMessage(payload, text=True, compression_threshold=threshold)
                 )
         if self._metrics is not None:
             self._metrics.count_recovery(found.recovered, len(found.events))
 
-    def _stop_waiting(self, key: str, ws: WsProtocol) -> list[tuple[int, bytes]]:
+    def _stop_waiting(self, key: str, ws: WsProtocol) -> _Waiting | None:
         waiting = self.pending.get(key)
         if waiting is None:
-            return []
-        held = waiting.pop(ws, [])
+            return None
+        wait = waiting.pop(ws, None)
         if not waiting:
             del self.pending[key]
-        return held
+        if wait is not None and wait.timer is not None:
+            wait.timer.cancel()
+        return wait
 
     def leave(self, ws: WsProtocol, room: str) -> None:
+        if self.pending:  # left before its verdict: none, nor what was held for it
+            self._stop_waiting(f"r:{room}", ws)
         mine = ws.rooms
         if isinstance(mine, list):
             if room in mine:
@@ -278,12 +345,19 @@ class Hub:
         """Queue a published event to the local connections concerned (the broker's
         callback). ``seq``: its number in its stream (held back for recoveries)."""
         targets = self._targets(kind, name)
-        if self.pending and seq is not None:
+        if self.pending:
             waiting = self.pending.get(f"{kind}:{name}")
             if waiting:
-                for held in waiting.values():
-                    held.append((seq, payload))
+                # Unnumbered ones too (Redis unreachable): nothing overtakes what is held.
+                cap = self.broker.max_held
+                over = []
+                for ws, wait in waiting.items():
+                    wait.held.append((seq, payload))
+                    if len(wait.held) > cap:
+                        over.append(ws)
                 targets = [ws for ws in targets if ws not in waiting]
+                for ws in over:  # held too much: given up, what was held goes out now
+                    self._give_up(ws, kind, name, "too many live events held")
         message = OutboundMessage(
             payload, text=True, compression_threshold=self.compression_threshold
         )
@@ -388,6 +462,43 @@ def _target(
     if conn is not None:
         return "c", str(conn)
     return None
+
+
+class _Waiting:
+    """One connection's recovery of one stream, in flight."""
+
+    __slots__ = ("epoch", "held", "seq", "timer")
+
+    def __init__(self, epoch: str, seq: int) -> None:
+        self.epoch = epoch
+        self.seq = seq
+        #: Live events ``(seq, payload)`` of the stream, in order (seq None: unnumbered).
+        self.held: list[tuple[int | None, bytes]] = []
+        #: Gives up at the broker's recovery timeout (None: not armed yet).
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class _GivenUp:
+    """Recoveries given up by the hub, logged at most every 10 s (an outage can give
+    up thousands at once)."""
+
+    __slots__ = ("_counts", "_next")
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._next = 0.0
+
+    def count(self, why: str) -> None:
+        self._counts[why] = self._counts.get(why, 0) + 1
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + 10.0
+            counts, self._counts = self._counts, {}
+            detail = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
+            log.warning("recoveries given up (%s): recovered false, live delivery", detail)
+
+
+_given_up = _GivenUp()
 
 
 #: A connection's rooms are a list up to this many (membership tests are short), a set

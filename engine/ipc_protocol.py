@@ -21,6 +21,8 @@ from protocol import LocalProtocolError
 from protocol.ipc import IpcConn, IpcError, IpcProtocolError, Role
 from protocol.ipc import messages as m
 
+from .peer import peer_refusal
+
 if TYPE_CHECKING:
     from .state import ServerState
     from .workers import Registry, Worker
@@ -75,7 +77,15 @@ class IpcProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
+        self._transport = stream = cast(asyncio.Transport, transport)
+        # Before a byte is read: only workers of a trusted user may register.
+        refusal = peer_refusal(stream.get_extra_info("socket"), self._state.config.ipc_allowed_uids)
+        if refusal is not None:
+            log.warning("refused a worker connection: %s", refusal)
+            self._registry.remove(self.worker, "refused")
+            self._transport = None  # connection_lost has nothing left to do
+            stream.abort()
+            return
         # The hello must come quickly; the same budget as an HTTP request head.
         self._set_deadline(self._state.loop.time() + self._state.config.header_timeout)
 

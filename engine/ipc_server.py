@@ -1,5 +1,6 @@
 """The Unix socket workers connect to: created private (0600), stale files replaced,
-a live engine on the same path never displaced."""
+a live engine on the same path never displaced, a risky directory reported. Each
+connecting worker's user is checked (engine/peer.py, in IpcProtocol)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import socket
 import stat
 
 from .ipc_protocol import IpcProtocol
+from .peer import PEERCRED_SUPPORTED, directory_risk
 from .state import ServerState
 from .workers import Registry
 
@@ -49,9 +51,26 @@ def _claim_path(path: str) -> None:
     raise IpcAddressInUse(errno.EADDRINUSE, f"another engine is already listening on {path}")
 
 
+def _check_directory(path: str) -> None:
+    """Say so when the socket's directory lets another user take the path over."""
+    risk = directory_risk(path)
+    if risk is not None:
+        serious, why = risk
+        log.log(
+            logging.WARNING if serious else logging.INFO,
+            "IPC socket %s: %s; put it in a directory only the engine's user can write "
+            "(e.g. /run/linkd)",
+            path,
+            why,
+        )
+    if not PEERCRED_SUPPORTED:
+        log.warning("SO_PEERCRED is not available here: worker users are not checked")
+
+
 async def start_ipc_server(
     state: ServerState, registry: Registry, path: str, mode: int, max_frame: int
 ) -> asyncio.Server:
+    _check_directory(path)
     _claim_path(path)
     # Create the socket file with the final permissions: no window in which another
     # user could connect between bind() and chmod().

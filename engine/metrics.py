@@ -107,6 +107,10 @@ class Metrics(Collector):
         self.ws_rate_limited = 0
         #: Connections closed with 1008 for sustained rate-limit abuse.
         self.ws_abuse_closes = 0
+        #: Times a raw endpoint stopped reading a connection over its message rate.
+        self.ws_throttled = 0
+        #: Room joins refused: the connection was in max_rooms_per_connection rooms.
+        self.ws_joins_refused = 0
         #: WebSocket upgrades refused by a connection cap, by reason.
         self.ws_refused: dict[str, int] = {"per_ip": 0, "rate": 0, "global": 0}
         self.registry = CollectorRegistry(auto_describe=False)
@@ -263,8 +267,19 @@ class Metrics(Collector):
         )
         yield CounterMetricFamily(
             "linkd_ws_abuse_closes",
-            "WebSocket connections closed with 1008 for sustained rate-limit abuse",
+            "WebSocket connections closed with 1008 for sustained rate-limit abuse "
+            "(refused messages, or frames over --ws-frame-rate)",
             value=self.ws_abuse_closes,
+        )
+        yield CounterMetricFamily(
+            "linkd_ws_throttled",
+            "Times a raw WebSocket endpoint stopped reading a connection over its message rate",
+            value=self.ws_throttled,
+        )
+        yield CounterMetricFamily(
+            "linkd_ws_joins_refused",
+            "Room joins refused because the connection was in --max-rooms-per-connection rooms",
+            value=self.ws_joins_refused,
         )
         refused = CounterMetricFamily(
             "linkd_ws_refused_connections",

@@ -9,6 +9,8 @@ and an idle bucket costs nothing but its memory.
 - ``ConnectionLimiter``: the upgrade-time caps of one engine: open WebSockets in
   total and per client address, and new WebSockets per address per second. Its
   per-address table is bounded (see ``ConnectionLimiter``).
+- ``AddressRates``: the per-address HTTP request rate, one bucket per address in a
+  bounded table.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 __all__ = [
+    "AddressRates",
     "ConnectionLimiter",
     "Refusal",
     "TokenBucket",
@@ -63,6 +66,16 @@ class TokenBucket:
             return 0.0
         self.tokens = tokens
         return (1.0 - tokens) / self.rate
+
+    def force(self, now: float) -> float:
+        """Spend one token even if none is left (the balance may go below zero): for a
+        message handled anyway. Returns the seconds until a whole token is back."""
+        tokens = self.tokens + (now - self.stamp) * self.rate
+        if tokens > self.burst:
+            tokens = self.burst
+        self.stamp = now
+        self.tokens = tokens = tokens - 1.0
+        return 0.0 if tokens >= _ONE else (1.0 - tokens) / self.rate
 
     def full(self, now: float) -> bool:
         """True when the bucket has refilled to ``burst`` (as good as a new one)."""
@@ -278,3 +291,54 @@ class ConnectionLimiter:
                 entries[key] = entry  # keep it (to the young end)
             elif len(entries) < self.table_size:
                 return
+
+
+class AddressRates:
+    """One token bucket per client address (``address_key``), in a bounded table.
+
+    The per-address HTTP request rate: ``take`` spends a token of the address and
+    returns 0.0, or the seconds until it may try again (nothing is spent).
+
+    The table is kept in least-recently-used order and holds at most ``table_size``
+    buckets (about 200 bytes each). A bucket that has refilled carries no information
+    and is dropped when it reaches the old end; when the table is full the oldest
+    bucket is forgotten even if it was still refilling, so under a flood from more
+    than ``table_size`` addresses an old address may get its burst back early.
+
+    Args:
+        rate: requests per second per address (> 0).
+        burst: requests an address may make at once (>= 1).
+        table_size: addresses remembered at most.
+    """
+
+    __slots__ = ("_buckets", "burst", "log_budget", "not_logged", "rate", "table_size")
+
+    def __init__(self, rate: float, burst: float, table_size: int = 65536) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.table_size = table_size
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        #: Refusals are logged at most once a second (bursts of 5); the rest are counted.
+        self.log_budget = TokenBucket(1.0, 5.0, 0.0)
+        self.not_logged = 0
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, key: str, now: float) -> float:
+        buckets = self._buckets
+        bucket = buckets.get(key)
+        if bucket is None:
+            for _ in range(_SWEEP):  # amortised cleaning of refilled buckets
+                if not buckets:
+                    break
+                oldest_key, oldest = next(iter(buckets.items()))
+                if not oldest.full(now):
+                    break
+                del buckets[oldest_key]
+            if len(buckets) >= self.table_size:
+                buckets.popitem(last=False)
+            bucket = buckets[key] = TokenBucket(self.rate, self.burst, now)
+        else:
+            buckets.move_to_end(key)
+        return bucket.take(now)

@@ -14,6 +14,10 @@ connection that joined a room before an emit always receives it.
 When Redis cannot be reached, events are delivered to this node's connections only,
 unnumbered (they cannot be recovered), ``healthy`` is False, and the broker
 reconnects with backoff and subscribes again.
+
+A recovery always ends in a verdict: one Redis cannot answer (unreachable, an error,
+the connection lost under it, slower than ``--recovery-timeout``) is answered
+``recovered: false`` and the connection gets live events again (docs/recovery.md).
 """
 
 from __future__ import annotations
@@ -98,6 +102,8 @@ class RedisBroker:
         self._size = config.history_size
         self._ttl_ms = int(config.history_ttl * 1000)
         self._keep_ms = int(max(config.history_ttl * 10, 600.0) * 1000)
+        self.recovery_timeout = config.recovery_timeout
+        self.max_held = config.recovery_max_held
         self.healthy = False
         self._hub: Hub | None = None
         # No retries inside redis-py: a failure must reach us at once (local fallback,
@@ -293,6 +299,9 @@ class RedisBroker:
                     await self._pass_fence(op[1])
             except (RedisError, OSError, TimeoutError) as exc:
                 self._lost(exc)
+            except Exception:
+                # A bug must not end this task: every later operation would wait forever.
+                log.exception("Redis operation %r failed", op[0])
             finally:
                 self._busy = False
 
@@ -350,8 +359,13 @@ class RedisBroker:
 
     def _lost(self, exc: BaseException) -> None:
         if self.healthy:
-            log.warning("Redis connection lost (%s): local delivery only, reconnecting", exc)
+            log.warning(
+                "Redis connection lost (%s: %s): local delivery only, reconnecting",
+                type(exc).__name__,
+                exc,
+            )
         self.healthy = False
+        assert self._hub is not None
         # Queued publishes cannot wait for Redis: deliver them here now.
         kept: deque[tuple[Any, ...]] = deque()
         while self._ops:
@@ -359,7 +373,7 @@ class RedisBroker:
             if op[0] == "pub":
                 self._deliver_locally(*op[1:])
             elif op[0] == "recover":
-                self._answer_recovery(op[1], op[2], op[3], Recovery([], False, "", 0))
+                self._hub.recovery_failed(op[1], op[2], op[3])
             elif op[0] == "fence" and not op[1].done():
                 op[1].set_result(None)
             # sub/unsub: _connect subscribes to what is wanted then.
@@ -421,39 +435,61 @@ class RedisBroker:
 
     # ------------------------------------------------------------- recovery
     def recover(self, ws: WsProtocol, kind: str, name: str, epoch: str, seq: int) -> None:
-        if not self.healthy:
-            self._answer_recovery(ws, kind, name, Recovery([], False, "", 0))
+        assert self._hub is not None
+        if not self.healthy or len(self._ops) >= MAX_QUEUED:
+            # Nothing to read it from, or too far behind: not recovered, live at once.
+            self._hub.recovery_failed(ws, kind, name)
             return
         # After the subscription the join queued: what follows the snapshot arrives live.
         self._queue(("recover", ws, kind, name, epoch, seq))
 
     async def _recover(self, ws: WsProtocol, kind: str, name: str, epoch: str, seq: int) -> None:
-        assert self._redis is not None
+        """Read the stream's position and entries after ``seq``; any failure (and the
+        recovery's deadline) ends in ``recovered: false``, never in a connection left
+        waiting. A lost connection is re-raised: the broker reconnects."""
+        assert self._redis is not None and self._hub is not None
+        hub = self._hub
+        deadline = hub.recovery_deadline(ws, kind, name)
+        if deadline is None:
+            return  # answered meanwhile (timed out, gave up) or the connection is gone
         seq_key, epoch_key, hist_key = _keys(kind, name)
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.get(epoch_key)
-        pipe.get(seq_key)
-        pipe.xrange(hist_key, min=f"{seq + 1}-0", max="+")
-        stored_epoch, stored_seq, entries = await pipe.execute()
+        try:
+            # Bounded so a hung Redis holds the queue no longer than the verdict waits.
+            async with asyncio.timeout_at(deadline):
+                pipe = self._redis.pipeline(transaction=True)
+                pipe.get(epoch_key)
+                pipe.get(seq_key)
+                pipe.xrange(hist_key, min=f"{seq + 1}-0", max="+")
+                stored_epoch, stored_seq, entries = await pipe.execute()
+            found = self._found(epoch, seq, stored_epoch, stored_seq, entries)
+        except TimeoutError:  # (an OSError: first) the deadline, Redis too slow for it
+            hub.recovery_failed(ws, kind, name)
+            return
+        except (RedisError, OSError):
+            hub.recovery_failed(ws, kind, name)
+            raise
+        except Exception:
+            log.exception("recovery of %s:%s failed", kind, name)
+            hub.recovery_failed(ws, kind, name)
+            return
+        hub.send_recovery(ws, kind, name, found)
+
+    def _found(
+        self, epoch: str, seq: int, stored_epoch: Any, stored_seq: Any, entries: Any
+    ) -> Recovery:
         current_epoch = stored_epoch.decode() if stored_epoch else ""
         current = int(stored_seq or 0)
         if epoch != current_epoch or seq > current:
-            found = Recovery([], False, current_epoch, current)
-        elif seq == current:
-            found = Recovery([], True, current_epoch, current)
-        else:
-            oldest_ms = time.time() * 1000 - self._ttl_ms
-            kept = [
-                (int(fields[b"t"]), fields[b"p"])
-                for _, fields in entries
-                if int(fields[b"t"]) >= oldest_ms
-            ]
-            events = [payload for _, payload in kept]
-            first = int(entries[len(entries) - len(kept)][0].split(b"-")[0]) if kept else 0
-            complete = bool(kept) and first == seq + 1 and len(events) == current - seq
-            found = Recovery(events, complete, current_epoch, current)
-        self._answer_recovery(ws, kind, name, found)
-
-    def _answer_recovery(self, ws: WsProtocol, kind: str, name: str, found: Recovery) -> None:
-        assert self._hub is not None
-        self._hub.send_recovery(ws, kind, name, found)
+            return Recovery([], False, current_epoch, current)
+        if seq == current:
+            return Recovery([], True, current_epoch, current)
+        oldest_ms = time.time() * 1000 - self._ttl_ms
+        kept = [
+            (int(fields[b"t"]), fields[b"p"])
+            for _, fields in entries
+            if int(fields[b"t"]) >= oldest_ms
+        ]
+        events = [payload for _, payload in kept]
+        first = int(entries[len(entries) - len(kept)][0].split(b"-")[0]) if kept else 0
+        complete = bool(kept) and first == seq + 1 and len(events) == current - seq
+        return Recovery(events, complete, current_epoch, current)

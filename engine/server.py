@@ -14,9 +14,9 @@ import contextlib
 import logging
 import os
 import signal
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
+from typing import Any
 
 from protocol import CloseCode
 
@@ -59,6 +59,8 @@ class Engine:
         self._supervisor: Supervisor | None = None
         self._state: ServerState | None = None
         self._stopped: asyncio.Event | None = None
+        #: Set once the workers were told to stop (``_begin_worker_stop``).
+        self._workers_stopping: asyncio.Future[None] | None = None
         self._presence_listeners: list[PresenceListener] = []
         for path in self.config.echo_paths:
             self.websocket(path, EchoEndpoint())
@@ -131,6 +133,7 @@ class Engine:
             raise RuntimeError("already started")
         loop = asyncio.get_running_loop()
         self._state = state = ServerState(self.config, self.routes, loop, self.metrics)
+        state.authenticator.allow_no_exp = self.config.jwt_allow_no_exp
         self._stopped = asyncio.Event()
         state.presence.listeners.extend(self._presence_listeners)
         await state.broker.start(state.hub)
@@ -172,21 +175,41 @@ class Engine:
             self._supervisor.start()
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting, close WebSockets with 1001, finish HTTP, within ``grace``."""
+        """Stop accepting, close WebSockets with 1001, finish HTTP, stop the workers:
+        all within ``grace`` seconds (default ``Config.shutdown_grace``).
+
+        One deadline, computed now, is shared by every phase. Clients and the calls
+        they wait for may finish until the last slice of the grace (``_FINAL_SLICE``,
+        at most a quarter of it); then every call still unanswered is failed with
+        SERVICE_UNAVAILABLE (the client gets a 503 or an error reply, not a reset) and
+        the workers are told to stop. At the deadline what is left is dropped: client
+        connections, worker connections, and worker processes (SIGKILL). Only steps
+        that must still complete after it (reaping killed workers, closing Redis) may
+        take up to ``_CLEANUP`` seconds more.
+        """
         if self._server is None or self._state is None:
             return
         grace = self.config.shutdown_grace if grace is None else grace
         state = self._state
+        loop = state.loop
+        started = loop.time()
+        deadline = started + grace
+        final = deadline - min(_FINAL_SLICE, grace / 4)
+        cleanup = deadline + _CLEANUP
         state.shutting_down = True
-        started = time.monotonic()
         self._server.close()  # stop accepting
         for http in list(state.http_connections):
             http.shutdown()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._close_in_batches(state), grace)
-            await asyncio.wait_for(
-                state.wait_idle(), max(0.0, grace - (time.monotonic() - started))
-            )
+        closing = asyncio.ensure_future(self._close_in_batches(state))
+        if not await _until(final, _clients_done(state, closing, shield=True)):
+            failed = state.registry.abandon_calls("the engine is shutting down")
+            if failed:
+                log.warning(
+                    "grace nearly over: %d service call(s) failed (SERVICE_UNAVAILABLE)", failed
+                )
+            self._begin_worker_stop(state)
+            await _until(deadline, _clients_done(state, closing, shield=False))
+        closing.cancel()
         left = len(state.ws_connections) + len(state.http_connections)
         if left:
             log.warning("grace period over: dropping %d connections", left)
@@ -197,36 +220,54 @@ class Engine:
         for task in list(state.tasks):
             task.cancel()
         if state.tasks:
-            await asyncio.gather(*state.tasks, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._server.wait_closed(), 1.0)
+            await _until(cleanup, asyncio.gather(*state.tasks, return_exceptions=True))
+        await _until(min(cleanup, loop.time() + 1.0), self._server.wait_closed())
+        await self._stop_workers(state, deadline, cleanup)
+        if not isinstance(state.presence, Presence):
+            # Before the broker: they share its client.
+            await _until(max(cleanup, loop.time() + 0.25), state.presence.stop())
+        await _until(max(cleanup, loop.time() + 0.25), state.broker.stop())
+        state.close()
+        self._server = None
+        log.info("stopped in %.2fs", loop.time() - started)
+        assert self._stopped is not None
+        self._stopped.set()
+
+    def _begin_worker_stop(self, state: ServerState) -> None:
+        """No new workers; ``drain`` to every worker (docs/ipc.md §4.5), SIGTERM to the
+        supervised ones. Idempotent."""
+        if self._workers_stopping is not None:
+            return
+        waits: list[asyncio.Future[None]] = []
         if self._ipc_server is not None:
-            # No new workers, then ask every worker to finish and leave (docs/ipc.md
-            # §4.5); what is still connected when the grace period ends is dropped.
             self._ipc_server.close()
-            remaining = max(0.5, grace - (time.monotonic() - started))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(state.registry.drain_all(), remaining)
+            waits.append(asyncio.ensure_future(state.registry.drain_all()))
         if self._supervisor is not None:
-            await self._supervisor.stop()
-            self._supervisor = None
+            self._supervisor.terminate()
+            waits.append(asyncio.ensure_future(self._supervisor.wait_exited()))
+        self._workers_stopping = asyncio.ensure_future(_all(waits))
+
+    async def _stop_workers(self, state: ServerState, deadline: float, cleanup: float) -> None:
+        """Workers finish until ``deadline``; then their sockets are dropped and the
+        supervised processes still running are killed."""
+        self._begin_worker_stop(state)
+        assert self._workers_stopping is not None
+        await _until(deadline, asyncio.shield(self._workers_stopping))
+        self._workers_stopping.cancel()
         if self._ipc_server is not None:
             for worker in list(state.registry.workers.values()):
                 worker.proto.abort()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._ipc_server.wait_closed(), 1.0)
+        if self._supervisor is not None:
+            # The deadline has passed or everyone exited: this only kills and reaps.
+            await _until(cleanup, self._supervisor.stop(deadline))
+            self._supervisor = None
+        if self._ipc_server is not None:
+            await _until(min(cleanup, state.loop.time() + 1.0), self._ipc_server.wait_closed())
             self._ipc_server = None
             if self.config.ipc_path:
                 with contextlib.suppress(OSError):
                     os.unlink(self.config.ipc_path)
-        if not isinstance(state.presence, Presence):
-            await state.presence.stop()  # before the broker: they share its client
-        await state.broker.stop()
-        state.close()
-        self._server = None
-        log.info("stopped in %.2fs", time.monotonic() - started)
-        assert self._stopped is not None
-        self._stopped.set()
+        self._workers_stopping = None
 
     async def _close_in_batches(self, state: ServerState) -> None:
         """1001 to every WebSocket, ``drain_batch`` at a time every ``drain_interval``
@@ -270,3 +311,37 @@ class Engine:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+#: The end of the shutdown grace kept for forcing what is left (at most a quarter of
+#: it): unanswered service calls are failed so their 503s go out in time, and workers
+#: get this long to exit before they are killed at the deadline.
+_FINAL_SLICE = 1.0
+#: After the deadline, the most that steps which must still complete may take
+#: (reaping killed workers, closing Redis connections).
+_CLEANUP = 1.0
+
+
+async def _until(when: float, aw: Awaitable[Any]) -> bool:
+    """Await ``aw`` until loop time ``when`` (cancelling it then); True if it finished."""
+    try:
+        async with asyncio.timeout_at(when):
+            await aw
+    except TimeoutError:
+        return False
+    return True
+
+
+async def _clients_done(state: ServerState, closing: asyncio.Future[None], *, shield: bool) -> None:
+    """Every WebSocket told 1001 and every client connection and handler finished."""
+    await (asyncio.shield(closing) if shield else closing)
+    await state.wait_idle()
+
+
+async def _all(waits: list[asyncio.Future[None]]) -> None:
+    try:
+        if waits:
+            await asyncio.wait(waits)
+    finally:
+        for wait in waits:
+            wait.cancel()

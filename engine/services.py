@@ -129,6 +129,9 @@ class ServiceWsEndpoint(WebSocketEndpoint):
         self.concurrent = frozenset(route.concurrent)
         # Binary frames are not forwarded in protocol version 1: close 1003.
         self.accept_binary = False
+        # Over the rate, a message is refused (RATE_LIMITED), not waited for: the
+        # client may have other work in flight that should not stall behind it.
+        self.throttle = False
         self.auth_policy = route.auth
         self._concurrent: dict[int, int] = {}
         #: Per-connection limits of some message types: type → (rate, burst).
@@ -203,7 +206,11 @@ class ServiceWsEndpoint(WebSocketEndpoint):
             if type_limit is not None:
                 wait = ws.rate_limit(message_type, *type_limit)
                 if wait:
-                    if not ws.closed:  # else: closed for abuse, the close says it
+                    if ws.closed:
+                        pass  # closed for abuse: the close says it
+                    elif msg_id is None:
+                        ws.note_dropped(wait)
+                    else:
                         self._rate_limited_event(ws, msg_id, message_type, wait)
                     return None
         coro = self._forward(ws, data.encode(), message_type, msg_id)
@@ -261,19 +268,20 @@ class ServiceWsEndpoint(WebSocketEndpoint):
 
     # ---------------------------------------------------------- rate limits
     def on_rate_limited(self, ws: WebSocket, data: str | bytes, retry_after: float) -> None:
-        """Over the connection's message rate: a RATE_LIMITED error, with its id and type."""
-        msg_id: Any = None
-        message_type: str | None = None
+        """Over the connection's message rate: a RATE_LIMITED error with its id and type;
+        without a readable id, counted in the next ``linkd.rate_limited`` report (one
+        per episode, not an answer per message: a flood would double itself)."""
         try:
             envelope = orjson.loads(data)
         except orjson.JSONDecodeError:
             envelope = None
-        if type(envelope) is dict:
-            if type(envelope.get("type")) is str:
-                message_type = envelope["type"]
-            if type(envelope.get("id")) in (str, int):
-                msg_id = envelope["id"]
-        self._rate_limited_event(ws, msg_id, message_type, retry_after)
+        if type(envelope) is dict and type(envelope.get("id")) in (str, int):
+            message_type = envelope.get("type")
+            if type(message_type) is not str:
+                message_type = None
+            self._rate_limited_event(ws, envelope["id"], message_type, retry_after)
+        else:
+            ws.note_dropped(retry_after)
 
     def _rate_limited_event(
         self, ws: WebSocket, msg_id: Any, message_type: str | None, retry_after: float

@@ -17,7 +17,7 @@ from .history import StreamHistory
 from .hub import Hub
 from .metrics import Histogram, Metrics
 from .presence import Presence
-from .ratelimit import ConnectionLimiter
+from .ratelimit import AddressRates, ConnectionLimiter
 from .sweeper import Sweeper
 
 if TYPE_CHECKING:
@@ -134,6 +134,15 @@ class ServerState:
             burst=config.new_connections_burst,
             table_size=config.ip_table_size,
         )
+        #: The per-address HTTP request rate (None: off).
+        self.http_rates = (
+            AddressRates(config.http_rate, config.http_burst, config.ip_table_size)
+            if config.http_rate > 0
+            else None
+        )
+        #: HTTP connections holding a ``max_connections`` slot (an upgrade hands its
+        #: slot to the WebSocket, counted in ``ws_connections``).
+        self.http_slots = 0
         self.authenticator = Authenticator(
             secret=config.jwt_secret,
             public_key=config.jwt_public_key,
@@ -175,6 +184,11 @@ class ServerState:
     def ws_connections(self) -> ValuesView[WsProtocol]:
         """Every open WebSocket (a live view of the hub's index: no second copy)."""
         return self.hub.by_id.values()
+
+    @property
+    def open_connections(self) -> int:
+        """Client connections holding a ``max_connections`` slot: HTTP and WebSocket."""
+        return self.http_slots + len(self.ws_connections)
 
     @property
     def busy(self) -> bool:

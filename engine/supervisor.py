@@ -20,7 +20,19 @@ _BACKOFF_MAX = 10.0
 _HEALTHY_AFTER = 30.0
 
 
+#: After SIGKILL, how long to wait for the kernel to reap the workers.
+_REAP_TIMEOUT = 1.0
+
+
 class Supervisor:
+    """Keeps ``workers`` processes of each service running until ``stop``.
+
+    Args:
+        grace: the default stop budget, seconds; also given to each worker
+            (``--grace``), so a worker never plans to take longer than the engine
+            will wait for it.
+    """
+
     def __init__(self, services: tuple[str, ...], workers: int, ipc_path: str, grace: float):
         self.services = services
         self.workers = workers
@@ -39,13 +51,15 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         backoff = _BACKOFF_START
         env = {**os.environ, "LINKD_IPC": self.ipc_path}
+        command = ("-m", "sdk", spec, "--ipc", self.ipc_path, "--grace", str(self.grace))
         while not self._stopping:
             started = loop.time()
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "sdk", spec, "--ipc", self.ipc_path, env=env
-            )
+            proc = await asyncio.create_subprocess_exec(sys.executable, *command, env=env)
             self._procs.add(proc)
             log.info("started worker %s #%d (pid %d)", spec, n, proc.pid)
+            if self._stopping:  # spawned while the stop began: it stops with the others
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
             code = await proc.wait()
             self._procs.discard(proc)
             if self._stopping:
@@ -65,24 +79,44 @@ class Supervisor:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _BACKOFF_MAX)
 
-    async def stop(self) -> None:
-        """SIGTERM every worker (they drain), SIGKILL what is left after the grace."""
+    def terminate(self) -> None:
+        """No more restarts; SIGTERM every worker (each drains and exits)."""
+        if self._stopping:
+            return
         self._stopping = True
         for proc in list(self._procs):
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
-        if self._procs:
-            waits = [asyncio.create_task(p.wait()) for p in self._procs]
-            _, pending = await asyncio.wait(waits, timeout=self.grace)
-            for proc in list(self._procs):
-                if proc.returncode is None:
-                    log.warning(
-                        "worker pid %d did not stop in %.1fs: killing", proc.pid, self.grace
-                    )
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.kill()
-            if pending:
-                await asyncio.wait(pending, timeout=2.0)
+
+    async def wait_exited(self) -> None:
+        """Until every worker process has exited."""
+        while procs := [p for p in self._procs if p.returncode is None]:
+            waits = [asyncio.ensure_future(p.wait()) for p in procs]
+            try:
+                await asyncio.wait(waits)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+
+    async def stop(self, deadline: float | None = None) -> None:
+        """SIGTERM every worker, SIGKILL what is left at ``deadline`` (loop time;
+        default: ``grace`` from now). Returns at most ``_REAP_TIMEOUT`` after it."""
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + self.grace
+        self.terminate()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                await self.wait_exited()
+        left = [p for p in self._procs if p.returncode is None]
+        for proc in left:
+            log.warning("worker pid %d still running at the end of the grace: killing", proc.pid)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        if left:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_REAP_TIMEOUT):
+                    await self.wait_exited()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -125,7 +125,7 @@ class Worker:
     def on_reply(self, reply: m.Reply) -> None:
         call = self.in_flight.pop(reply.id, None)
         if call is None:
-            return  # timed out earlier: dropped (docs/ipc.md §5 rule 3)
+            return  # timed out earlier: dropped (docs/ipc.md §5 R9)
         call.deadline = math.inf
         if call.future is not None and not call.future.done():
             call.future.set_result(reply)
@@ -324,6 +324,31 @@ class Registry:
             max_frame=worker.proto.max_frame,
             heartbeat=self.heartbeat,
         )
+
+    def abandon_calls(self, message: str) -> int:
+        """Shutdown near the end of its grace: fail every queued and in-flight call now
+        with SERVICE_UNAVAILABLE, so each client still gets an answer (HTTP 503, an
+        error reply) before its connection is dropped. No worker takes new calls; late
+        replies are dropped. Returns how many calls were failed."""
+        error = ServiceError(ErrorCode.SERVICE_UNAVAILABLE, message)
+        failed = 0
+        for worker in self.workers.values():
+            worker.draining = True  # before failing: nothing may pump a call to it
+        for entry in self.services.values():
+            calls, entry.queue = list(entry.queue), deque()
+            for call in calls:
+                call.deadline = math.inf
+                call.fail(error)
+            failed += len(calls)
+        for worker in self.workers.values():
+            calls = list(worker.in_flight.values())
+            worker.in_flight = {}
+            for call in calls:
+                worker.proto.expire(call.id)  # its late reply is not a protocol error
+                call.deadline = math.inf
+                call.fail(error)
+            failed += len(calls)
+        return failed
 
     async def drain_all(self) -> None:
         """Send ``drain`` to every worker and wait until all of them disconnected."""

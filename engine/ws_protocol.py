@@ -20,6 +20,8 @@ from collections import deque
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, cast
 
+import orjson
+
 from protocol import CloseCode
 from protocol.http import HttpRequest
 from protocol.ws import (
@@ -51,6 +53,12 @@ log = logging.getLogger("linkd.ws")
 # Why reading is paused; reading resumes when no reason is left.
 _PAUSE_QUEUE = 1
 _PAUSE_WRITE = 2
+#: Over the message rate on a throttling endpoint, until the sweeper's wake-up.
+_PAUSE_RATE = 4
+
+#: ``linkd.rate_limited`` reports (messages refused without an answer of their own):
+#: at most one per connection this often, in seconds.
+REPORT_INTERVAL = 1.0
 
 
 class WsProtocol(asyncio.Protocol):
@@ -66,8 +74,10 @@ class WsProtocol(asyncio.Protocol):
         "_closed",
         "_conn",
         "_disconnect_code",
+        "_due",
         "_endpoint",
         "_expires_at",
+        "_frame_debt",
         "_inbox",
         "_last_rx",
         "_out",
@@ -77,11 +87,11 @@ class WsProtocol(asyncio.Protocol):
         "_policy",
         "_pong_deadline",
         "_received_close",
-        "_rejected",
-        "_rejected_until",
+        "_refusals",
         "_room",
         "_state",
         "_transport",
+        "_wake_at",
         "_write_ready",
         "auth",
         "deadline",
@@ -126,6 +136,13 @@ class WsProtocol(asyncio.Protocol):
         # Loop time at which the connection's token expires (inf: no token or no check).
         self._expires_at = math.inf
         self.deadline = math.inf
+        # The heartbeat/close timer the deadline stands for; _wake_at: an earlier
+        # moment of interest (the end of a throttle, a rate-limit report).
+        self._due = math.inf
+        self._wake_at = math.inf
+        # Frames charged to the frame rate (not whole messages) not yet paid back at
+        # ws_frame_rate; the budget of a read is ws_frame_burst minus this.
+        self._frame_debt = 0.0
         #: Frames corked this iteration: one ``bytes``, or a list of them.
         self._out: bytes | list[bytes] | None = None
         self._room = 0  # bytes left under max_outbound_bytes this iteration
@@ -147,8 +164,8 @@ class WsProtocol(asyncio.Protocol):
         # first message: an idle connection does not pay for one. None: not yet.
         self._bucket: TokenBucket | None = None
         self._buckets: dict[str, TokenBucket] | None = None  # named limits, on first use
-        self._rejected = 0  # refused messages in the current abuse window
-        self._rejected_until = 0.0  # loop time the abuse window ends
+        # Refusal bookkeeping (abuse window, reports, refused joins), on first refusal.
+        self._refusals: _Refusals | None = None
         #: The per-address slot this connection holds (released when it closes).
         self._address_slot: tuple[ConnectionLimiter, str | None] | None = None
         # Slow-consumer policy (engine/slow.py). Lossy connections hold messages in an
@@ -264,7 +281,12 @@ class WsProtocol(asyncio.Protocol):
             return
         self._close_code = code
         self._queue(frame)
-        self._set_deadline(self._state.loop.time() + self._state.config.close_timeout)
+        now = self._state.loop.time()
+        if self._paused & _PAUSE_RATE:
+            # Throttled: read again at the next tick, or the peer's close waits unread
+            # behind its throttled messages (those are discarded now: we are closing).
+            self._wake_at = now
+        self._set_deadline(now + self._state.config.close_timeout)
 
     def abort(self) -> None:
         """Drop the TCP connection now, without a closing handshake."""
@@ -289,6 +311,76 @@ class WsProtocol(asyncio.Protocol):
         if wait:
             self._count_rejected(now)
         return wait
+
+    def note_dropped(self, retry_after: float) -> None:
+        """A message that gets no answer of its own (no ``id``) was refused by a rate
+        limit: count it in the client's next ``linkd.rate_limited`` event.
+
+        The event, ``{"type": "linkd.rate_limited", "data": {"dropped": N,
+        "retryAfter": seconds}}``, goes out at the end of the read that refused the
+        first one, then at most once per ``REPORT_INTERVAL`` while refusals go on: every
+        refused message is counted once, and a flood costs no answer per message.
+        """
+        refusals = self._refusals
+        if refusals is None:
+            refusals = self._refusals = _Refusals()
+        refusals.dropped += 1
+        # The refusing bucket's clock: the time of the read being handled.
+        refusals.retry_at = self._last_rx + retry_after
+        if refusals.dropped == 1:
+            # The end of this read reports it (_pump); a refusal outside a read (a
+            # queued message's type limit) is reported by the sweeper's next tick.
+            when = max(refusals.report_after, self._last_rx)
+            if when < self._wake_at:
+                self._wake_at = when
+                self._set_deadline(self._due)
+
+    @property
+    def max_rooms(self) -> int:
+        """Rooms this connection may be in (0: no cap); the hub enforces it."""
+        return self._state.config.max_rooms_per_connection
+
+    @property
+    def join_refusals(self) -> int:
+        """Joins refused since the last successful one (0: not refusing)."""
+        refusals = self._refusals
+        return 0 if refusals is None else refusals.joins
+
+    def join_refused(self, room: str, limit: int) -> None:
+        """The hub did not add this connection to ``room``: it is in ``limit`` rooms.
+
+        Counted; logged once per episode (until a join succeeds again); the client
+        gets ``{"type": "linkd.join_refused", "data": {"room", "limit"}}``.
+        """
+        self._state.metrics.ws_joins_refused += 1
+        refusals = self._refusals
+        if refusals is None:
+            refusals = self._refusals = _Refusals()
+        if not refusals.joins:
+            log.warning(
+                "ws %d user %s on %s: join of room %r refused: already in %d rooms "
+                "(--max-rooms-per-connection); more refusals are not logged",
+                self.id,
+                self.user_id or "-",
+                self.request.path,
+                room,
+                limit,
+            )
+        refusals.joins += 1
+        event = orjson.dumps({"type": "linkd.join_refused", "data": {"room": room, "limit": limit}})
+        self._send_event(event)
+
+    def end_join_refusals(self) -> None:
+        """A join succeeded again: the refusal episode is over."""
+        refusals = self._refusals
+        if refusals is not None and refusals.joins:
+            log.info("ws %d: joins accepted again after %d refused", self.id, refusals.joins)
+            refusals.joins = 0
+
+    def _send_event(self, payload: bytes) -> None:
+        """An engine event (JSON text) to this client."""
+        threshold = self._state.limits.compression_threshold
+        self.send_prepared(OutboundMessage(payload, text=True, compression_threshold=threshold))
 
     async def drain(self) -> None:
         """Wait until the transport's write buffer is below its low-water mark."""
@@ -317,14 +409,20 @@ class WsProtocol(asyncio.Protocol):
             self._run(result)
 
     def data_received(self, data: bytes) -> None:
-        self._last_rx = self._state.loop.time()
+        now = self._state.loop.time()
         self._state.metrics.ws_bytes_in += len(data)
         self._conn.receive_data(data)
-        self._handle_events()
+        if self._paused & _PAUSE_RATE:
+            # Throttled (bytes a transport had read before pause_reading): they wait
+            # in the core for the wake-up.
+            self._last_rx = now
+            return
+        self._pump(now)
 
     def eof_received(self) -> bool:
         self._conn.receive_data(None)
-        self._handle_events()
+        if not self._paused & _PAUSE_RATE:
+            self._pump(self._state.loop.time())
         return False  # let the transport close itself
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -369,16 +467,53 @@ class WsProtocol(asyncio.Protocol):
             self._release()
 
     # ------------------------------------------------------------- inbound
-    def _handle_events(self) -> None:
+    def _pump(self, now: float) -> bool:
+        """Handle what was received, within the frame budget; True if throttled.
+
+        The budget (frames that are not a whole message) is a token bucket kept as
+        one number: the debt, paid back at ``ws_frame_rate`` since the last read. It
+        is checked per read, and the core counts against it per frame.
+        """
+        config = self._state.config
+        rate = config.ws_frame_rate
         conn = self._conn
+        debt, grant = 0.0, 0
+        if rate > 0.0:
+            debt = self._frame_debt
+            if debt:
+                debt -= (now - self._last_rx) * rate
+                if debt <= 0.0:
+                    debt = 0.0
+            grant = int(config.ws_frame_burst - debt)
+            conn.frame_allowance = grant
+        self._last_rx = now
+        throttled = self._handle_events()
+        if rate > 0.0:
+            used = grant - conn.frame_allowance
+            self._frame_debt = debt + used if used else debt
+            conn.frame_allowance = conn.NO_FRAME_LIMIT  # shared: nothing held per connection
+        refusals = self._refusals
+        if refusals is not None and refusals.dropped:
+            self._report(now)
+        return throttled
+
+    def _handle_events(self) -> bool:
+        """Dispatch the core's events; True when a message over the rate stopped it
+        (the rest stays in the core until the wake-up)."""
+        conn = self._conn
+        throttled = False
         for event in conn.events():
             if isinstance(event, TextMessage):
-                self._dispatch(event.data)
+                if self._dispatch(event.data):
+                    throttled = True
+                    break
             elif isinstance(event, BinaryMessage):
                 if not self._endpoint.accept_binary:
                     self.close(CloseCode.UNSUPPORTED_DATA, "binary messages are not accepted")
                     continue
-                self._dispatch(event.data)
+                if self._dispatch(event.data):
+                    throttled = True
+                    break
             elif isinstance(event, PingReceived):
                 # §5.5.3: the pong goes out before anything the rest of this read causes.
                 for frame in conn.data_to_send():
@@ -390,15 +525,33 @@ class WsProtocol(asyncio.Protocol):
             elif isinstance(event, PeerClosed):
                 self._received_close = event.code
                 self._finish(conn.data_to_send())
-                return
+                return False
             elif isinstance(event, ConnectionFailed):
                 self._close_code = event.code
-                log.info("ws %d failed: %d %s", self.id, event.code, event.reason)
+                if event.code == CloseCode.POLICY_VIOLATION:
+                    self._frame_flood()  # only the core's frame budget fails with 1008
+                else:
+                    log.info("ws %d failed: %d %s", self.id, event.code, event.reason)
                 self._finish(conn.data_to_send())
-                return
+                return False
         owed = conn.data_to_send()
         for frame in owed:
             self._queue(frame)
+        return throttled
+
+    def _frame_flood(self) -> None:
+        self._state.metrics.ws_abuse_closes += 1
+        config = self._state.config
+        log.warning(
+            "ws %d from %s user %s on %s: more than %g frames at once or %g/s sustained "
+            "that are not messages (pings, pongs, fragments), closing with 1008",
+            self.id,
+            self.remote[0] if self.remote else "-",
+            self.user_id or "-",
+            self.request.path,
+            config.ws_frame_burst,
+            config.ws_frame_rate,
+        )
 
     def _finish(self, frames: list[bytes]) -> None:
         """The handshake is over (or failed): send what is owed, then close TCP first."""
@@ -411,24 +564,41 @@ class WsProtocol(asyncio.Protocol):
         # If the buffer never drains, abort after close_timeout.
         self._set_deadline(self._state.loop.time() + self._state.config.close_timeout)
 
-    def _dispatch(self, data: str | bytes) -> None:
+    def _dispatch(self, data: str | bytes) -> bool:
+        """Hand a message over; True when it was over the rate of a throttling endpoint
+        (it is handled, and reading stops until the rate has paid for it)."""
         metrics = self._state.metrics
         metrics.ws_messages_in += 1
         bucket = self._bucket
+        endpoint = self._endpoint
         if bucket is None:
             config = self._state.config
             if config.ws_rate > 0:
-                bucket = self._bucket = TokenBucket(config.ws_rate, config.ws_burst, self._last_rx)
+                burst = config.ws_burst
+                if endpoint.throttle:
+                    # Woken by the sweeper, a throttled connection can use at most
+                    # rate x resolution tokens per wake: a smaller burst would hold it
+                    # below its rate.
+                    burst = max(burst, config.ws_rate * config.timer_resolution)
+                bucket = self._bucket = TokenBucket(config.ws_rate, burst, self._last_rx)
         # Before the inbox: a flooding client cannot fill it. _last_rx is this read's time.
+        throttled = False
         if bucket is not None:
-            wait = bucket.take(self._last_rx)
+            now = self._last_rx
+            wait = bucket.take(now)
             if wait:
-                if self._count_rejected(self._last_rx):
-                    try:
-                        self._endpoint.on_rate_limited(self, data, wait)
-                    except Exception:
-                        self._handler_failed()
-                return
+                if endpoint.throttle:
+                    # Already read, so handled; then nothing more is read until the
+                    # bucket has paid for it: TCP backpressure, and nothing is lost.
+                    self._throttle(now, bucket.force(now))
+                    throttled = True
+                else:
+                    if self._count_rejected(now):
+                        try:
+                            endpoint.on_rate_limited(self, data, wait)
+                        except Exception:
+                            self._handler_failed()
+                    return False
         if self._busy:
             inbox = self._inbox
             if inbox is None:
@@ -436,14 +606,52 @@ class WsProtocol(asyncio.Protocol):
             inbox.append(data)
             if len(inbox) >= self._state.limits.max_inbound_queue:
                 self._pause(_PAUSE_QUEUE)
-            return
+            return throttled
         try:
-            result = self._endpoint.on_message(self, data)
+            result = endpoint.on_message(self, data)
         except Exception:
             self._handler_failed()
-            return
+            return throttled
         if result is not None:
             self._run(result)
+        return throttled
+
+    def _throttle(self, now: float, wait: float) -> None:
+        """Stop reading until ``now + wait``; the sweeper wakes the connection up."""
+        self._state.metrics.ws_throttled += 1
+        self._pause(_PAUSE_RATE)
+        when = now + wait
+        if when < self._wake_at:
+            self._wake_at = when
+            self._set_deadline(self._due)
+
+    def _wake(self, now: float) -> None:
+        """The sweeper's wake-up: the end of a throttle, or a report that is due."""
+        if self._paused & _PAUSE_RATE and not self._pump(now):
+            self._resume(_PAUSE_RATE)  # caught up: read the socket again
+        refusals = self._refusals
+        if refusals is not None and refusals.dropped:
+            self._report(now)
+
+    def _report(self, now: float) -> None:
+        """Send the ``linkd.rate_limited`` event owed for refused messages, or wake up
+        when it may go (at most one per ``REPORT_INTERVAL``)."""
+        refusals = self._refusals
+        assert refusals is not None
+        if self.closed:
+            refusals.dropped = 0  # closing already (abuse, say): the close says it
+            return
+        if now < refusals.report_after:
+            if refusals.report_after < self._wake_at:
+                self._wake_at = refusals.report_after
+                self._set_deadline(self._due)
+            return
+        dropped, refusals.dropped = refusals.dropped, 0
+        refusals.report_after = now + REPORT_INTERVAL
+        # Seconds, rounded up to the millisecond: waiting that long is enough.
+        retry = math.ceil(max(0.0, refusals.retry_at - now) * 1000) / 1000
+        data = {"dropped": dropped, "retryAfter": retry}
+        self._send_event(orjson.dumps({"type": "linkd.rate_limited", "data": data}))
 
     def _run(self, first: Awaitable[None]) -> None:
         self._busy = True
@@ -487,11 +695,14 @@ class WsProtocol(asyncio.Protocol):
             return False  # closing already: drop without counting
         self._state.metrics.ws_rate_limited += 1
         config = self._state.config
-        if now >= self._rejected_until:
-            self._rejected_until = now + config.ws_abuse_window
-            self._rejected = 0
-        self._rejected += 1
-        if config.ws_abuse_limit and self._rejected > config.ws_abuse_limit:
+        refusals = self._refusals
+        if refusals is None:
+            refusals = self._refusals = _Refusals()
+        if now >= refusals.rejected_until:
+            refusals.rejected_until = now + config.ws_abuse_window
+            refusals.rejected = 0
+        refusals.rejected += 1
+        if config.ws_abuse_limit and refusals.rejected > config.ws_abuse_limit:
             self._state.metrics.ws_abuse_closes += 1
             log.warning(
                 "ws %d from %s user %s on %s: %d messages over the rate limit within %gs, "
@@ -500,7 +711,7 @@ class WsProtocol(asyncio.Protocol):
                 self.remote[0] if self.remote else "-",
                 self.user_id or "-",
                 self.request.path,
-                self._rejected,
+                refusals.rejected,
                 config.ws_abuse_window,
             )
             self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
@@ -736,16 +947,30 @@ class WsProtocol(asyncio.Protocol):
         self._set_deadline(now + interval if interval > 0 else math.inf)
 
     def _set_deadline(self, when: float) -> None:
+        self._due = when
         if self._conn.state is WsState.OPEN:
             when = min(when, self._expires_at)
+        if self._wake_at < when:
+            when = self._wake_at
         self.deadline = when
         self._state.sweeper.schedule(self)
 
     def on_deadline(self, now: float) -> None:
-        """Called by the sweeper: heartbeat, pong timeout, close timeout."""
+        """Called by the sweeper: wake-up, heartbeat, pong timeout, close timeout."""
         if self._closed:
             self.deadline = math.inf
             return
+        if now >= self._wake_at:
+            self._wake_at = math.inf
+            self._wake(now)
+            if self._closed:
+                return
+            due = self._due
+            if self._conn.state is WsState.OPEN:
+                due = min(due, self._expires_at)
+            if now < due:  # woken early: the timer it stands for is still ahead
+                self._set_deadline(self._due)
+                return
         transport = self._transport
         assert transport is not None
         conn_state = self._conn.state
@@ -786,6 +1011,24 @@ class WsProtocol(asyncio.Protocol):
 
 #: The ``left_rooms`` of every open connection (never mutated: replaced at close).
 _NO_ROOMS: list[str] = []
+
+
+class _Refusals:
+    """What a connection that was refused something keeps (most never are)."""
+
+    __slots__ = ("dropped", "joins", "rejected", "rejected_until", "report_after", "retry_at")
+
+    def __init__(self) -> None:
+        #: Refused messages in the current abuse window, and the loop time it ends.
+        self.rejected = 0
+        self.rejected_until = 0.0
+        #: Refused messages without an answer not reported yet; the loop time a
+        #: message would pass again; no report before ``report_after``.
+        self.dropped = 0
+        self.retry_at = 0.0
+        self.report_after = 0.0
+        #: Joins refused since the last successful one.
+        self.joins = 0
 
 
 class _Backlog(deque["_Held"]):

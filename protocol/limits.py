@@ -23,11 +23,18 @@ class Limits:
         max_inbound_queue: WebSocket messages received but not yet handled before we
             stop reading the socket; reading resumes at a quarter of it.
         write_high_water / write_low_water: transport write-buffer marks for paths
-            that await ``drain()`` (per-request replies).
+            that await ``drain()`` (per-request replies). An HTTP connection above the
+            high mark takes no further pipelined request and is not read until it
+            drains below the low one: what a client that does not read can make us
+            hold is the high mark plus one response.
         max_outbound_bytes: a connection whose unsent bytes pass this is a slow
             consumer (close 1013 by default); fan-out never waits for it.
         compression_threshold: messages shorter than this go uncompressed; deflate
             costs more CPU than it saves on tiny frames.
+        max_message_fragments: frames of one WebSocket message (0: no limit); above
+            it → 1009. Empty continuation frames add nothing to ``max_message_bytes``
+            but each costs a parse and was kept until the message ended; 1024 still
+            lets a 1 MiB message arrive in 1 KiB fragments (browsers do not fragment).
     """
 
     max_header_bytes: int = 16 * 1024
@@ -39,6 +46,7 @@ class Limits:
     write_low_water: int = 16 * 1024
     max_outbound_bytes: int = 4 * 1024 * 1024
     compression_threshold: int = 128
+    max_message_fragments: int = 1024
 
     def __post_init__(self) -> None:
         for name in (
@@ -56,3 +64,5 @@ class Limits:
             raise ValueError("write_low_water must be between 0 and write_high_water")
         if self.compression_threshold < 0:
             raise ValueError("compression_threshold must not be negative")
+        if self.max_message_fragments < 0:
+            raise ValueError("max_message_fragments must not be negative")

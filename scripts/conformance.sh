@@ -24,7 +24,9 @@ fi
 
 # 9.* sends messages up to 16 MiB: raise the engine's limits for the run.
 # The suite floods one connection with thousands of messages: no message rate limit.
+# 9.3/9.4 send one message in up to 65,536 fragments: no fragment cap, no frame rate.
 ENGINE_ARGS=(--listen "127.0.0.1:$PORT" --ipc "" --echo / --ws-rate 0 --max-message-size 16m
+             --max-message-fragments 0 --ws-frame-rate 0
              --max-outbound-buffer 64m --log-level warning --no-access-log)
 RUN_ARGS=(--agent linkd)
 case "$MODE" in

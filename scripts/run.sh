@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Install and run the engine on :3000 with the chat example (examples/chat: embedded
-# Postgres, demo mode) and the echo endpoint on /echo. Then open http://localhost:3000/chat/
+# Install and run the engine on 127.0.0.1:3000 with the chat example (examples/chat:
+# embedded Postgres, demo mode) and the echo endpoint on /echo. Then open
+# http://127.0.0.1:3000/chat/
 # Usage: bash scripts/run.sh [engine flags]
+#   LINKD_LISTEN      where to listen (default 127.0.0.1:3000, this machine only; :3000 is
+#                     every interface: with demo mode on, only this machine gets tokens)
 #   LINKD_JWT_SECRET  the token secret (default: a random one for this run)
 #   DATABASE_URL      use this Postgres instead of the embedded one (data in .data/)
 #   CHAT_DEMO=0       turn demo mode off (the page then asks for a token)
@@ -22,7 +25,21 @@ fi
 export LINKD_JWT_SECRET
 export CHAT_DEMO=${CHAT_DEMO:-1}
 
-listen=${LINKD_LISTEN:-:3000}
-echo "run.sh: chat page at http://localhost:${listen##*:}/chat/ (echo WebSocket at /echo)" >&2
+# Demo mode hands out tokens for any demo user: loopback only unless told otherwise.
+listen=${LINKD_LISTEN:-127.0.0.1:3000}
+case "$CHAT_DEMO" in
+1 | true | yes | on)
+    echo "run.sh: WARNING: demo mode is on (CHAT_DEMO=0 turns it off): anyone on this machine" \
+        "can sign in as any demo user; never use it where real users connect" >&2
+    case "${listen%:*}" in
+    127.* | localhost | "[::1]") ;;
+    *) echo "run.sh: WARNING: listening on ${listen} beyond this machine; demo tokens are" \
+        "still only given to clients on it" >&2 ;;
+    esac
+    ;;
+esac
+host=${listen%:*}
+case "$host" in "" | 0.0.0.0 | "[::]") host=127.0.0.1 ;; esac
+echo "run.sh: chat page at http://${host}:${listen##*:}/chat/ (echo WebSocket at /echo)" >&2
 exec .venv/bin/engine --listen "$listen" --ipc "${LINKD_IPC:-/tmp/linkd.sock}" --echo /echo \
     --service examples.chat.service --workers "${LINKD_WORKERS:-2}" "$@"

@@ -10,6 +10,7 @@ from typing import Any
 
 from .run import run
 from .service import Service
+from .worker import engine_uids_from_env
 
 __all__ = ["find_services", "main"]
 
@@ -52,13 +53,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ipc", help="engine socket (default $LINKD_IPC or /tmp/linkd.sock)")
     parser.add_argument("--grace", type=float, default=10.0, help="drain grace period, s")
     parser.add_argument("--log-level", help="default $LINKD_LOG_LEVEL or info")
+    parser.add_argument(
+        "--engine-uids",
+        metavar="UID,...",
+        help="users besides ours whose engine we accept (default $LINKD_ENGINE_UIDS)",
+    )
     args = parser.parse_args(argv)
+    try:
+        uids = engine_uids_from_env(
+            None if args.engine_uids is None else {"LINKD_ENGINE_UIDS": args.engine_uids}
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
     try:
         services = find_services(args.target)
     except (ImportError, LookupError, AttributeError) as exc:
         print(f"python -m sdk: {exc}", file=sys.stderr)
         return 2
-    run(services, ipc=args.ipc, grace=args.grace, log_level=args.log_level)
+    run(services, ipc=args.ipc, grace=args.grace, log_level=args.log_level, engine_uids=uids)
     return 0
 
 

@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from .service import Service
 from .worker import DEFAULT_IPC, DEFAULT_MAX_FRAME, Worker
@@ -45,6 +45,7 @@ async def start_services(
     max_frame: int = DEFAULT_MAX_FRAME,
     handle_signals: bool = True,
     stop: asyncio.Event | None = None,
+    engine_uids: Collection[int] | None = None,
 ) -> None:
     """Run each service (one engine connection each) until stopped, then drain.
 
@@ -55,9 +56,13 @@ async def start_services(
         max_frame: the largest IPC frame accepted from the engine.
         handle_signals: stop on SIGINT/SIGTERM (main thread only).
         stop: set it to stop (an alternative to signals, for embedding).
+        engine_uids: users besides ours whose engine we accept on the socket
+            (default ``$LINKD_ENGINE_UIDS``); any other engine is refused.
     """
     path = ipc_path(ipc)
-    workers = [Worker(s, path, grace=grace, max_frame=max_frame) for s in services]
+    workers = [
+        Worker(s, path, grace=grace, max_frame=max_frame, engine_uids=engine_uids) for s in services
+    ]
     if not workers:
         raise ValueError("no services to run")
     stop = stop or asyncio.Event()
@@ -94,11 +99,14 @@ def run(
     grace: float = 10.0,
     max_frame: int = DEFAULT_MAX_FRAME,
     log_level: str | None = None,
+    engine_uids: Collection[int] | None = None,
 ) -> None:
     """Run services until SIGINT/SIGTERM (then drain and return); uses uvloop if present."""
     configure_logging(log_level)
     services = [service] if isinstance(service, Service) else list(service)
-    coro = start_services(services, ipc=ipc, grace=grace, max_frame=max_frame)
+    coro = start_services(
+        services, ipc=ipc, grace=grace, max_frame=max_frame, engine_uids=engine_uids
+    )
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux

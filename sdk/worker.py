@@ -4,6 +4,12 @@ Connect to the Unix socket, hello/welcome, then pump ``protocol.ipc.IpcConn``: r
 run as tasks (at most ``service.concurrency`` at once), commands and replies are
 written the moment they are issued, so the engine sees them in the order the handlers
 issued them. Reconnects with backoff forever; ``stop()`` drains.
+
+Before saying a word the worker checks who listens on the socket (``SO_PEERCRED``):
+only an engine of its own user, or of a user in ``engine_uids`` /
+``LINKD_ENGINE_UIDS``, gets the hello. While the engine is down anyone who can write
+the socket's directory may bind its path; such an impostor gets nothing and could
+not forge the identities handlers trust.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ import contextlib
 import logging
 import os
 import random
-from collections.abc import Coroutine
+import socket
+import struct
+from collections.abc import Collection, Coroutine, Mapping
 from typing import Any
 
 import orjson
@@ -37,13 +45,53 @@ from .errors import (
 )
 from .service import Service
 
-__all__ = ["DEFAULT_IPC", "Worker"]
+__all__ = ["DEFAULT_IPC", "Worker", "engine_uids_from_env"]
 
 log = logging.getLogger("linkd.sdk")
 
 DEFAULT_IPC = "/tmp/linkd.sock"
 DEFAULT_MAX_FRAME = 8 * 1024 * 1024
 READ_SIZE = 256 * 1024
+_CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def engine_uids_from_env(env: Mapping[str, str] | None = None) -> tuple[int, ...]:
+    """``LINKD_ENGINE_UIDS`` (comma-separated uids; unset or empty: none).
+
+    Raises:
+        ValueError: not a list of non-negative integers.
+    """
+    raw = (os.environ if env is None else env).get("LINKD_ENGINE_UIDS", "")
+    try:
+        uids = tuple(int(v) for v in raw.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise ValueError(f"LINKD_ENGINE_UIDS={raw!r} is not a list of uids") from None
+    if any(u < 0 for u in uids):
+        raise ValueError(f"LINKD_ENGINE_UIDS={raw!r} is not a list of uids")
+    return uids
+
+
+def _engine_refusal(sock: Any, allowed: Collection[int]) -> str | None:
+    """Why the process listening at the other end is not our engine (None: it is).
+
+    Where SO_PEERCRED does not exist the check is skipped (the directory's
+    permissions are then the only protection); unreadable credentials are refused.
+    """
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None
+    try:
+        pid, uid, _gid = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, option, _CRED.size))
+    except (OSError, AttributeError, struct.error) as exc:
+        return f"cannot read its credentials ({exc})"
+    own = os.geteuid()
+    if uid == own or uid in allowed:
+        return None
+    listed = ",".join(str(u) for u in sorted(allowed)) or "none"
+    return (
+        f"it (pid {pid}) runs as uid {uid}, neither ours ({own}) nor listed in "
+        f"LINKD_ENGINE_UIDS ({listed})"
+    )
 
 
 class Worker:
@@ -57,6 +105,8 @@ class Worker:
         handshake_timeout: seconds to wait for the welcome.
         query_timeout: seconds to wait for the engine's answer to a query.
         backoff: first and largest reconnect delay, in seconds (doubling, ±20 % jitter).
+        engine_uids: users besides our own whose engine we accept (SO_PEERCRED);
+            default ``LINKD_ENGINE_UIDS``.
     """
 
     def __init__(
@@ -69,8 +119,10 @@ class Worker:
         handshake_timeout: float = 10.0,
         query_timeout: float = 30.0,
         backoff: tuple[float, float] = (0.1, 5.0),
+        engine_uids: Collection[int] | None = None,
     ) -> None:
         self.service = service
+        self.engine_uids = frozenset(engine_uids_from_env() if engine_uids is None else engine_uids)
         self.ipc = ipc
         self.grace = grace
         self.max_frame = max_frame
@@ -88,6 +140,9 @@ class Worker:
         self._slots = asyncio.Semaphore(service.concurrency)
         self._after_start: asyncio.Task[None] | None = None
         self._registration: m.Registration | None = None
+        #: What went wrong with the last attempt to reach the engine (None: it worked):
+        #: a new kind of trouble is logged at its level, a repeat only at debug.
+        self._trouble: str | None = None
 
     # ----------------------------------------------------------------- control
     def stop(self) -> None:
@@ -117,24 +172,48 @@ class Worker:
                     await self._after_start
             await self.service.run_after_stop()
 
+    def trouble(self, kind: str, level: int, message: str, *args: Any) -> None:
+        """Log a failed attempt: at ``level`` when it starts an episode (the first
+        failure, or another kind of failure than the last one), else at debug, so a
+        worker retrying for hours says it once, not every few seconds."""
+        if kind == self._trouble:
+            level = logging.DEBUG
+        self._trouble = kind
+        log.log(level, message, *args)
+
     async def _connect_loop(self) -> None:
         first, largest = self.backoff
         delay = first
-        failures = 0
         while not self.stopping:
             try:
                 reader, writer = await asyncio.open_unix_connection(self.ipc, limit=READ_SIZE)
             except OSError as exc:
                 # Engine not up yet, or restarting: say so once, then quietly retry.
-                level = logging.WARNING if failures == 0 else logging.DEBUG
-                log.log(level, "%s: cannot connect to %s (%s); retrying", self, self.ipc, exc)
-                failures += 1
+                self.trouble(
+                    f"connect {exc.errno}",
+                    logging.WARNING,
+                    "%s: cannot connect to %s (%s); retrying",
+                    self,
+                    self.ipc,
+                    exc,
+                )
             else:
-                session = Session(self, reader, writer)
-                welcomed = await session.run()
-                if welcomed:
-                    delay = first
-                    failures = 0
+                refusal = _engine_refusal(writer.get_extra_info("socket"), self.engine_uids)
+                if refusal is not None:
+                    # Not a word to it: no hello, no registration, no replies.
+                    self.trouble(
+                        "peer",
+                        logging.WARNING,
+                        "%s: refusing the engine at %s: %s; retrying",
+                        self,
+                        self.ipc,
+                        refusal,
+                    )
+                    writer.transport.abort()
+                else:
+                    session = Session(self, reader, writer)
+                    if await session.run():
+                        delay = first
             if self.stopping:
                 break
             await self._sleep(delay * random.uniform(0.8, 1.2))
@@ -165,6 +244,7 @@ class Worker:
             await asyncio.wait(pending)
 
     def on_welcome(self, session: Session) -> None:
+        self._trouble = None
         self.session = session
         self.sessions += 1
         self.connected.set()
@@ -251,7 +331,12 @@ class Session:
                 while True:
                     data = await self.reader.read(READ_SIZE)
                     if not data:
-                        log.warning("%s: the engine closed the socket before welcome", self.worker)
+                        self.worker.trouble(
+                            "closed before welcome",
+                            logging.WARNING,
+                            "%s: the engine closed the socket before welcome",
+                            self.worker,
+                        )
                         return None
                     self.conn.receive_data(data)
                     msg = self.conn.next_message()
@@ -259,7 +344,9 @@ class Session:
                         return msg
                     if isinstance(msg, m.Reject):
                         # Retried with backoff: a conflict may clear when the engine restarts.
-                        log.error(
+                        self.worker.trouble(
+                            f"reject {msg.code}",
+                            logging.ERROR,
                             "%s: the engine rejected the registration: %s: %s",
                             self.worker,
                             msg.code,
@@ -267,11 +354,29 @@ class Session:
                         )
                         return None
         except TimeoutError:
-            log.warning("%s: no welcome within %.1f s", self.worker, self.worker.handshake_timeout)
+            self.worker.trouble(
+                "no welcome",
+                logging.WARNING,
+                "%s: no welcome within %.1f s",
+                self.worker,
+                self.worker.handshake_timeout,
+            )
         except IpcProtocolError as exc:
-            log.error("%s: bad handshake from the engine: %s", self.worker, exc)
+            self.worker.trouble(
+                "bad handshake",
+                logging.ERROR,
+                "%s: bad handshake from the engine: %s",
+                self.worker,
+                exc,
+            )
         except OSError as exc:
-            log.warning("%s: handshake failed: %s", self.worker, exc)
+            self.worker.trouble(
+                f"handshake {exc.errno}",
+                logging.WARNING,
+                "%s: handshake failed: %s",
+                self.worker,
+                exc,
+            )
         return None
 
     async def _serve(self) -> None:

@@ -23,7 +23,8 @@ class Settings:
         database_url: a ``postgresql://`` URL; None starts the embedded Postgres.
         pgdata: the embedded Postgres's data folder (``CHAT_PGDATA``).
         demo: demo mode (``CHAT_DEMO``): the page lists the seeded users and the
-            service mints development tokens for them.
+            service mints development tokens for them, to clients on this machine
+            only (``POST /chat/demo/token``); the start log warns that it is on.
         jwt_secret: the engine's HMAC secret (``LINKD_JWT_SECRET``), for demo tokens.
         jwt_audience / jwt_issuer: the ``aud`` / ``iss`` the engine requires, if any.
         pool_size: connections per worker process (``CHAT_POOL_SIZE``).

@@ -6,6 +6,8 @@ examples.chat.service --ipc PATH`` runs one more worker by hand.
 
 from __future__ import annotations
 
+import logging
+
 from examples.chat import handlers, http, pages
 from examples.chat.config import Settings
 from examples.chat.db import connect_pool, ping
@@ -14,6 +16,8 @@ from sdk import Service, WebSocketOptions
 
 __all__ = ["service", "settings"]
 
+log = logging.getLogger("linkd.service.chat")
+
 settings = Settings.from_env()
 
 service = Service(
@@ -21,6 +25,15 @@ service = Service(
     version="1.0.0",
     websocket=WebSocketOptions(path="/ws/chat", auth="required"),
 )
+
+
+@service.before_start
+async def announce_demo_mode(svc: Service) -> None:
+    if settings.demo:
+        log.warning(
+            "DEMO MODE IS ON (CHAT_DEMO): POST /chat/demo/token makes any client on this "
+            "machine any demo user; never enable it where real users connect"
+        )
 
 
 @service.before_start

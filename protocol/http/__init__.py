@@ -1,6 +1,6 @@
 """HTTP/1.1 server core over h11, and the WebSocket opening handshake."""
 
-from .conn import NEED_DATA, PAUSED, HttpConn, HttpState, build_response
+from .conn import NEED_DATA, PAUSED, HttpConn, HttpState, UnsendableResponse, build_response
 from .events import HttpRequest, PeerEOF
 from .upgrade import (
     UpgradeAccepted,
@@ -17,6 +17,7 @@ __all__ = [
     "HttpRequest",
     "HttpState",
     "PeerEOF",
+    "UnsendableResponse",
     "UpgradeAccepted",
     "UpgradeRejected",
     "accept_token",

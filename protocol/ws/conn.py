@@ -20,7 +20,14 @@ from wsproto.frame_protocol import Opcode as WsOpcode
 from ..codes import CloseCode
 from ..errors import LocalProtocolError
 from ..limits import Limits
-from .deflate import ConnectionDeflater, DeflateOptions, DeflateParams, InboundGuard, SharedDeflater
+from .deflate import (
+    NO_FRAME_LIMIT,
+    ConnectionDeflater,
+    DeflateOptions,
+    DeflateParams,
+    InboundGuard,
+    SharedDeflater,
+)
 from .events import (
     BinaryMessage,
     ConnectionFailed,
@@ -78,7 +85,12 @@ class WsConn:
     ) -> None:
         self._limits = limits
         self.deflate = deflate
-        self._guard = InboundGuard(limits.max_message_bytes, deflate, limits.inflate_chunk_bytes)
+        self._guard = InboundGuard(
+            limits.max_message_bytes,
+            deflate,
+            limits.inflate_chunk_bytes,
+            limits.max_message_fragments,
+        )
         self._deflater: ConnectionDeflater | None = None
         if deflate is not None:
             opts = deflate_options or DeflateOptions()
@@ -91,7 +103,9 @@ class WsConn:
         # Created on first use: most idle connections never owe a frame or receive a
         # fragmented message, and an empty list costs 56 bytes.
         self._outgoing: list[bytes] | None = None
-        self._parts: list[str | bytes] | None = None
+        # The fragments of the message being received, joined as they come: its bytes
+        # plus a constant, however many fragments there are (not an object each).
+        self._parts: bytearray | None = None
         self._text = False
         self._fragmenting = False
         if trailing_data:
@@ -111,6 +125,24 @@ class WsConn:
         interleaved with the raw one, which RFC 6455 §5.4 forbids).
         """
         return self._state is WsState.OPEN and not self._fragmenting
+
+    #: ``frame_allowance`` meaning "no limit" (also the initial value).
+    NO_FRAME_LIMIT = NO_FRAME_LIMIT
+
+    @property
+    def frame_allowance(self) -> int:
+        """Frames that are not a whole message (control frames, fragments but the
+        last) still allowed before the connection fails with 1008.
+
+        Whole messages are not charged: they have the shell's message rate. The shell
+        sets it before each read from its own frame rate (a token bucket on its
+        clock) and reads what is left after it; ``NO_FRAME_LIMIT``: no limit.
+        """
+        return self._guard.frame_allowance
+
+    @frame_allowance.setter
+    def frame_allowance(self, value: int) -> None:
+        self._guard.frame_allowance = value
 
     @property
     def inflate_peak(self) -> int:
@@ -150,22 +182,25 @@ class WsConn:
                     if self._state is not WsState.OPEN:
                         continue  # §1.4: data after our close frame is discarded.
                     data = cast(str | bytes | bytearray, frame.payload)
-                    part = data if isinstance(data, str) else bytes(data)
                     parts = self._parts
                     if not frame.message_finished:
-                        if parts is None:
-                            self._parts = [part]
-                        else:
-                            parts.append(part)
+                        if data:  # an empty fragment leaves nothing behind
+                            chunk = data.encode() if isinstance(data, str) else data
+                            if parts is None:
+                                self._parts = bytearray(chunk)
+                            else:
+                                parts += chunk
                         continue
                     if parts is not None:
-                        parts.append(part)
+                        # Text is kept as UTF-8 (wsproto has validated it): one byte per
+                        # ASCII character, where a str buffer may take four.
                         self._parts = None
-                        part = "".join(parts) if opcode is WsOpcode.TEXT else b"".join(parts)  # type: ignore[arg-type]
+                        parts += data.encode() if isinstance(data, str) else data
+                        data = parts.decode() if opcode is WsOpcode.TEXT else parts
                     if opcode is WsOpcode.TEXT:
-                        yield TextMessage(part)  # type: ignore[arg-type]
+                        yield TextMessage(cast(str, data))
                     else:
-                        yield BinaryMessage(part)  # type: ignore[arg-type]
+                        yield BinaryMessage(bytes(cast(bytes | bytearray, data)))
                 elif opcode is WsOpcode.PING:
                     payload = bytes(frame.payload)  # type: ignore[arg-type]
                     if self._state is WsState.OPEN:

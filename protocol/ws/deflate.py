@@ -19,6 +19,7 @@ from wsproto.extensions import Extension
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
 
 __all__ = [
+    "NO_FRAME_LIMIT",
     "DeflateOptions",
     "DeflateParams",
     "InboundGuard",
@@ -27,6 +28,9 @@ __all__ = [
 ]
 
 EXTENSION_NAME = "permessage-deflate"
+#: ``InboundGuard.frame_allowance`` when the caller sets none (one shared int: an
+#: idle connection holds no number of its own).
+NO_FRAME_LIMIT = 1 << 62
 # RFC 7692 §7.2.1: the sender removes these four octets; §7.2.2: the receiver appends them.
 _TAIL = b"\x00\x00\xff\xff"
 _NO_RSV = RsvBits(False, False, False)
@@ -213,27 +217,52 @@ class SharedDeflater:
 
 
 class InboundGuard(Extension):
-    """Enforces the message size limit and, when negotiated, inflates with a budget.
+    """Enforces the message limits and, when negotiated, inflates with a budget.
 
-    Plugged into ``wsproto.frame_protocol.FrameProtocol`` as its only extension.
-    Refusals are returned as ``CloseReason`` values, which wsproto turns into a
-    ``CloseConnection`` event with that code (1009 too big, 1007 bad deflate data,
-    1002 RSV1 where it is not allowed).
+    Plugged into ``wsproto.frame_protocol.FrameProtocol`` as its only extension, so it
+    sees every frame header before the payload is buffered. Refusals are returned as
+    ``CloseReason`` values, which wsproto turns into a ``ParseFailed`` with that code
+    (1009 too big or too many fragments, 1007 bad deflate data, 1002 RSV1 where it is
+    not allowed, 1008 frame allowance spent).
     """
 
     name = EXTENSION_NAME
+    # One per connection: slots, not an instance dict.
+    __slots__ = (
+        "_compressed",
+        "_control",
+        "_in_message",
+        "_inflater",
+        "frame_allowance",
+        "inflate_chunk_bytes",
+        "max_fragments",
+        "max_message_bytes",
+        "message_bytes",
+        "message_frames",
+        "params",
+        "peak_inflate",
+    )
 
     def __init__(
         self,
         max_message_bytes: int,
         params: DeflateParams | None = None,
         inflate_chunk_bytes: int = 64 * 1024,
+        max_fragments: int = 0,
     ) -> None:
         self.max_message_bytes = max_message_bytes
         self.params = params
         self.inflate_chunk_bytes = inflate_chunk_bytes
+        #: Frames one message may have (0: any number).
+        self.max_fragments = max_fragments
         #: Bytes of the current message so far (inflated size when compressed).
         self.message_bytes = 0
+        #: Frames of the current message so far.
+        self.message_frames = 0
+        #: Frames that are not a whole message (control frames, and every fragment of
+        #: a message but its last) still allowed; past it → 1008. Whole messages are
+        #: left to the caller's message rate. The caller refills it (per socket read).
+        self.frame_allowance = NO_FRAME_LIMIT
         #: The largest number of bytes inflated by one zlib call, for tests and fuzzing.
         self.peak_inflate = 0
         self._in_message = False
@@ -264,6 +293,10 @@ class InboundGuard(Extension):
             # RFC 7692 §6.1: RSV1 only on the first frame of a message.
             if rsv.rsv1:
                 return CloseReason.PROTOCOL_ERROR
+            self.message_frames += 1
+            # Empty fragments add nothing to message_bytes: their number is the bound.
+            if self.max_fragments and self.message_frames > self.max_fragments:
+                return CloseReason.MESSAGE_TOO_BIG
         else:
             if rsv.rsv1 and self.params is None:
                 return CloseReason.PROTOCOL_ERROR
@@ -273,6 +306,7 @@ class InboundGuard(Extension):
                 self._in_message = True
                 self._compressed = rsv.rsv1
                 self.message_bytes = 0
+                self.message_frames = 1
         # Wire bytes are bounded too: a compressed message whose compressed form
         # exceeds the limit would inflate past it in any realistic case.
         if self.message_bytes + payload_length > self.max_message_bytes and (
@@ -334,7 +368,14 @@ class InboundGuard(Extension):
     def frame_inbound_complete(
         self, proto: FrameDecoder | FrameProtocol, fin: bool
     ) -> bytes | CloseReason | None:
-        if self._control or not fin or not self._in_message:
+        if self._control or not fin:
+            # Charged once the frame is whole: only then is FIN known (the header
+            # hook does not get it). A control frame's payload is at most 125 bytes.
+            if self.frame_allowance <= 0:
+                return CloseReason.POLICY_VIOLATION
+            self.frame_allowance -= 1
+            return None
+        if not self._in_message:
             return None
         self._in_message = False
         if not self._compressed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,7 +23,7 @@ SECRET = "a-development-secret-of-32-bytes!"
 
 
 def token(sub: str, name: str | None = None) -> str:
-    claims: dict[str, Any] = {"sub": sub}
+    claims: dict[str, Any] = {"sub": sub, "exp": int(time.time()) + 600}
     if name:
         claims["preferred_username"] = name
     return jwt.encode(claims, SECRET, algorithm="HS256")

@@ -98,7 +98,9 @@ async def test_burst_over_the_limit_is_refused_and_not_forwarded(ipc_path: str) 
         assert "linkd_ws_rate_limited_messages_total 2.0" in await metrics_text(engine)
 
 
-async def test_refused_message_without_id_or_json_still_gets_an_error(ipc_path: str) -> None:
+async def test_refused_messages_without_id_or_json_are_counted_in_one_report(
+    ipc_path: str,
+) -> None:
     async with (
         chat_service(ipc_path, ws_rate=1.0, ws_burst=1.0, ws_abuse_limit=100) as (engine, _),
         RawWs(engine.port, "/ws/chat") as ws,
@@ -107,12 +109,11 @@ async def test_refused_message_without_id_or_json_still_gets_an_error(ipc_path: 
             frames({"type": "echo", "data": 1, "id": "a"}, {"type": "echo"})
             + encode_client_frame(0x1, b"not json")
         )
-        replies = [await recv_json(ws) for _ in range(3)]  # errors come before the ack
+        replies = [await recv_json(ws) for _ in range(2)]  # the report comes before the ack
         assert {"id": "a", "type": "echo", "data": 1} in replies
-        errors = [r for r in replies if "error" in r]
-        # Without a readable id and type, the error still goes out ("type": "error").
-        assert [r["type"] for r in errors] == ["echo", "error"]
-        assert all("id" not in r and r["error"]["code"] == "RATE_LIMITED" for r in errors)
+        # Nothing to answer them with: one event counts them (tests/engine/test_ws_refusals.py).
+        (report,) = [r for r in replies if r["type"] == "linkd.rate_limited"]
+        assert report["data"]["dropped"] == 2
 
 
 async def test_type_limit_applies_to_that_type_only(ipc_path: str) -> None:
@@ -172,21 +173,39 @@ async def test_sustained_abuse_closes_1008_with_a_metric_and_one_log_line(
     assert "127.0.0.1" in lines[0] and "/ws/chat" in lines[0]
 
 
-async def test_echo_over_the_limit_drops_until_abuse_closes() -> None:
-    async with (
-        running_engine(ws_rate=5.0, ws_burst=5.0, ws_abuse_limit=30) as engine,
-        RawWs(engine.port) as ws,
-    ):
-        for i in range(20):  # one write: one read on the engine side
-            ws.send_frame(0x1, f"m{i}".encode())
+class RefusingEcho(WebSocketEndpoint):
+    """An echo that refuses messages over the rate instead of throttling (the echo
+    endpoint throttles: tests/engine/test_ws_hostile.py)."""
+
+    throttle = False
+
+    def on_message(self, ws: WebSocket, data: str | bytes) -> None:
+        ws.send(data)
+
+
+def refusing_engine(**config: Any) -> Engine:
+    engine = Engine(make_config(**config))
+    engine.websocket("/refusing", RefusingEcho())
+    return engine
+
+
+async def test_refusing_endpoint_over_the_limit_drops_until_abuse_closes() -> None:
+    engine = refusing_engine(ws_rate=5.0, ws_burst=5.0, ws_abuse_limit=30)
+    async with running_engine(engine), RawWs(engine.port, "/refusing") as ws:
+        # One write: one read on the engine side, so one report.
+        ws.send_raw(b"".join(encode_client_frame(0x1, f"m{i}".encode()) for i in range(20)))
         # The marker goes once a token is back; everything echoed before it is counted.
         await asyncio.sleep(0.25)
         ws.send_text("marker")
-        echoed = []
+        echoed, reports = [], []
         while (payload := (await ws.recv_frame()).payload) != b"marker":
-            echoed.append(payload)
+            if payload.startswith(b'{"type":"linkd.rate_limited"'):
+                reports.append(orjson.loads(payload)["data"]["dropped"])
+            else:
+                echoed.append(payload)
         assert 5 <= len(echoed) <= 6  # the burst (plus a token if the read was split)
         assert echoed[:5] == [b"m0", b"m1", b"m2", b"m3", b"m4"]
+        assert sum(reports) == 20 - len(echoed)  # the drops did not go unnoticed
         assert len(engine.state.ws_connections) == 1  # dropped, not closed
         assert engine.metrics.ws_abuse_closes == 0
 
@@ -198,13 +217,12 @@ async def test_echo_over_the_limit_drops_until_abuse_closes() -> None:
 
 
 async def test_abuse_limit_zero_never_closes() -> None:
-    async with (
-        running_engine(ws_rate=1.0, ws_burst=1.0, ws_abuse_limit=0) as engine,
-        RawWs(engine.port) as ws,
-    ):
-        for i in range(200):
-            ws.send_frame(0x1, f"m{i}".encode())
+    engine = refusing_engine(ws_rate=1.0, ws_burst=1.0, ws_abuse_limit=0)
+    async with running_engine(engine), RawWs(engine.port, "/refusing") as ws:
+        ws.send_raw(b"".join(encode_client_frame(0x1, f"m{i}".encode()) for i in range(200)))
         assert (await ws.recv_frame()).payload == b"m0"
+        report = orjson.loads((await ws.recv_frame()).payload)
+        assert report["type"] == "linkd.rate_limited" and report["data"]["dropped"] == 199
         await asyncio.sleep(1.0)
         ws.send_text("after")
         assert (await ws.recv_frame()).payload == b"after"
@@ -216,6 +234,8 @@ async def test_on_rate_limited_hook_gets_the_message_and_retry_after() -> None:
     seen: list[tuple[str | bytes, float]] = []
 
     class Endpoint(WebSocketEndpoint):
+        throttle = False
+
         def on_message(self, ws: WebSocket, data: str | bytes) -> None:
             ws.send(data)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -212,7 +213,7 @@ async def test_beyond_retention_or_another_epoch_is_never_presented_as_complete(
 
 @pytest.mark.asyncio
 async def test_the_user_stream_is_recovered_at_once() -> None:
-    token = jwt.encode({"sub": "u1"}, SECRET, algorithm="HS256")
+    token = jwt.encode({"sub": "u1", "exp": int(time.time()) + 600}, SECRET, algorithm="HS256")
     async with recovery_engine() as engine:
         async with (
             RawWs(engine.port, f"/ws?token={token}") as tab,

@@ -27,6 +27,7 @@ def make_config(**overrides: Any) -> Config:
         ws_rate=0,
         max_connections_per_ip=0,
         new_connections_per_ip=0,
+        http_rate=0,
         limits=dataclasses.replace(Limits(), **limits) if isinstance(limits, dict) else limits,
         deflate=dataclasses.replace(DeflateOptions(), **deflate)
         if isinstance(deflate, dict)

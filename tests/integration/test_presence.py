@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import jwt
@@ -14,7 +15,11 @@ SECRET = "a-development-secret-of-32-bytes!"
 
 
 def path(sub: str, name: str) -> str:
-    token = jwt.encode({"sub": sub, "preferred_username": name}, SECRET, algorithm="HS256")
+    token = jwt.encode(
+        {"sub": sub, "preferred_username": name, "exp": int(time.time()) + 600},
+        SECRET,
+        algorithm="HS256",
+    )
     return f"/ws/demo?token={token}"
 
 

@@ -22,7 +22,8 @@ FLAGS = ("--jwt-secret", SECRET, "--presence-grace", "0.5", "--presence-lease", 
 
 
 def path(user: str) -> str:
-    token = jwt.encode({"sub": user, "preferred_username": user.title()}, SECRET, "HS256")
+    claims = {"sub": user, "preferred_username": user.title(), "exp": int(time.time()) + 600}
+    token = jwt.encode(claims, SECRET, "HS256")
     return f"/ws/demo?token={token}"
 
 
