@@ -1,15 +1,17 @@
 """Linkd engine: the asyncio/uvloop shell around the ``protocol`` cores.
 
 from engine import Engine, Config
+
+The layout (engine/server.py builds everything; arrows point down) is drawn in
+docs/architecture.md.
 """
 
-__version__ = "0.1.0"
-
-from .app import Request, Response, WebSocketEndpoint
-from .config import Config
-from .echo import EchoEndpoint
-from .server import Engine
-from .ws_protocol import WebSocket
+from engine.api.endpoint import WebSocket, WebSocketEndpoint
+from engine.api.request import Request, Response
+from engine.config import Config
+from engine.server import Engine
+from engine.version import __version__
+from engine.ws.echo import EchoEndpoint
 
 __all__ = [
     "Config",

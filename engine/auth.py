@@ -10,7 +10,8 @@ services see: ``{userId, username, roles, claims}``.
 
 Whatever goes wrong while verifying (a malformed token, a library error) is an
 ``AuthError`` with a message safe to show the client, logged as one line without the
-token: ``verify`` raises nothing else, ``authenticate`` raises nothing at all.
+token: ``verify`` raises nothing else. ``AuthError`` is an ``UnauthorizedError`` of the
+shared family (protocol/errors.py): ``authenticate`` raises it, and HTTP maps it to 401.
 """
 
 from __future__ import annotations
@@ -31,10 +32,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
-from protocol import ErrorCode
+from protocol.errors import UnauthorizedError
 from protocol.http import HttpRequest
-
-from .app import Response
 
 __all__ = ["AuthError", "Authenticator", "Identity", "authenticate", "token_from"]
 
@@ -46,7 +45,7 @@ _EC_BY_CURVE = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"
 _EDDSA = frozenset({"EdDSA"})
 
 
-class AuthError(Exception):
+class AuthError(UnauthorizedError):
     """The token is missing, malformed, badly signed, expired or not for us.
 
     ``str(error)`` is what the client is told; ``detail`` is for the log line only
@@ -367,8 +366,12 @@ class Authenticator:
 
 def authenticate(
     authenticator: Authenticator, request: HttpRequest, policy: str
-) -> Identity | Response | None:
-    """Apply a route's policy: an Identity, None (anonymous allowed), or the 401 to send.
+) -> Identity | None:
+    """Apply a route's policy: an Identity, or None (anonymous allowed).
+
+    Raises:
+        UnauthorizedError: the request may not pass (its message is safe to show the
+            client; the HTTP side answers 401 with it).
 
     A token that is present is always verified, even where it is optional: a bad
     credential is refused rather than silently ignored.
@@ -376,11 +379,8 @@ def authenticate(
     token = token_from(request)
     if token is None:
         if policy == "required":
-            return Response.error(ErrorCode.UNAUTHORIZED, "authentication required")
+            raise UnauthorizedError("authentication required")
         return None
     if not authenticator.configured:
-        return Response.error(ErrorCode.UNAUTHORIZED, "token verification is not configured")
-    try:
-        return authenticator.verify(token)
-    except AuthError as exc:  # verify raises nothing else
-        return Response.error(ErrorCode.UNAUTHORIZED, str(exc))
+        raise UnauthorizedError("token verification is not configured")
+    return authenticator.verify(token)  # raises AuthError, an UnauthorizedError

@@ -13,15 +13,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from engine.auth import Authenticator
+from engine.config import Config, parse_listen
+from engine.limits.ratelimit import parse_type_limit
+from engine.limits.slow import parse_rule
+from engine.log import LEVELS, configure_logging
+from engine.server import Engine
 from protocol import Limits
 from protocol.ws import DeflateOptions
-
-from .auth import Authenticator
-from .config import Config, parse_listen
-from .log import LEVELS, configure_logging
-from .ratelimit import parse_type_limit
-from .server import Engine
-from .slow import parse_rule
 
 __all__ = ["build_parser", "config_from_args", "main"]
 

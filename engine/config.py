@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from engine.limits.ratelimit import check_rate
+from engine.limits.slow import Policy, PolicyTable
+from engine.version import __version__
 from protocol import Limits
 from protocol.ws import DeflateOptions
-
-from .ratelimit import check_rate
-from .slow import Policy, PolicyTable
 
 __all__ = ["Config", "parse_listen"]
 
@@ -232,8 +232,6 @@ class Config:
 
     @property
     def version(self) -> str:
-        from . import __version__
-
         return __version__
 
 

@@ -16,23 +16,35 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
+from engine.api.endpoint import WebSocket, WebSocketEndpoint
+from engine.api.request import HttpHandler
+from engine.api.routes import Routes
+from engine.auth import Authenticator
+from engine.brokers.base import Broker
+from engine.brokers.history import StreamHistory
+from engine.brokers.local import LocalBroker
+from engine.brokers.presence import Presence, PresenceListener
+from engine.config import Config
+from engine.core.corker import Corker
+from engine.core.metrics import Metrics
+from engine.core.sweeper import Sweeper
+from engine.http.protocol import HttpProtocol
+from engine.hub.fanout import prepare
+from engine.hub.hub import Hub
+from engine.hub.member import Member
+from engine.limits.ratelimit import AddressRates, ConnectionLimiter
+from engine.node import Node
+from engine.services.listener import start_ipc_server
+from engine.services.registry import Registry
+from engine.services.routing import mount_service
+from engine.services.supervisor import Supervisor
+from engine.ws.echo import EchoEndpoint
 from protocol import CloseCode
 
-from .app import HttpHandler, Routes, WebSocketEndpoint
-from .config import Config
-from .echo import EchoEndpoint
-from .fanout import prepare
-from .http_protocol import HttpProtocol
-from .ipc_server import start_ipc_server
-from .metrics import Metrics
-from .presence import Presence, PresenceListener
-from .services import mount_service
-from .state import ServerState
-from .supervisor import Supervisor
-from .workers import Registry
-from .ws_protocol import WsProtocol
+if TYPE_CHECKING:
+    from engine.brokers.redis_presence import RedisPresence
 
 __all__ = ["DRAIN_REASON", "Engine"]
 
@@ -57,7 +69,7 @@ class Engine:
         self._server: asyncio.Server | None = None
         self._ipc_server: asyncio.Server | None = None
         self._supervisor: Supervisor | None = None
-        self._state: ServerState | None = None
+        self._state: Node | None = None
         self._stopped: asyncio.Event | None = None
         #: Set once the workers were told to stop (``_begin_worker_stop``).
         self._workers_stopping: asyncio.Future[None] | None = None
@@ -83,7 +95,7 @@ class Engine:
         """Accept WebSocket upgrades on ``path``, handled by ``endpoint``."""
         self.routes.add_websocket(path, endpoint)
 
-    def broadcast(self, data: str | bytes, targets: Iterable[WsProtocol] | None = None) -> int:
+    def broadcast(self, data: str | bytes, targets: Iterable[WebSocket] | None = None) -> int:
         """Send one message to ``targets`` (default: every open WebSocket), encoded once.
 
         Returns the number of connections it was queued to. Never waits for any of
@@ -93,7 +105,10 @@ class Engine:
         message = prepare(data, state.limits.compression_threshold)
         # Iterating the live set is safe: queuing never removes a connection from it
         # (a slow consumer is closed later, in connection_lost).
-        return state.hub.fan(message, state.ws_connections if targets is None else targets)
+        if targets is None:
+            return state.hub.fan(message, state.ws_connections)
+        # Every WebSocket handed out is a WsProtocol, which is also a hub Member.
+        return state.hub.fan(message, cast("Iterable[Member]", targets))
 
     def on_presence(self, listener: PresenceListener) -> PresenceListener:
         """Call ``listener(user_id, username, online)`` when a user comes or goes.
@@ -115,7 +130,7 @@ class Engine:
 
     # ------------------------------------------------------------ lifecycle
     @property
-    def state(self) -> ServerState:
+    def state(self) -> Node:
         if self._state is None:
             raise RuntimeError("the engine is not started")
         return self._state
@@ -132,8 +147,7 @@ class Engine:
         if self._server is not None:
             raise RuntimeError("already started")
         loop = asyncio.get_running_loop()
-        self._state = state = ServerState(self.config, self.routes, loop, self.metrics)
-        state.authenticator.allow_no_exp = self.config.jwt_allow_no_exp
+        self._state = state = build_node(self.config, self.routes, loop, self.metrics)
         self._stopped = asyncio.Event()
         state.presence.listeners.extend(self._presence_listeners)
         await state.broker.start(state.hub)
@@ -233,7 +247,7 @@ class Engine:
         assert self._stopped is not None
         self._stopped.set()
 
-    def _begin_worker_stop(self, state: ServerState) -> None:
+    def _begin_worker_stop(self, state: Node) -> None:
         """No new workers; ``drain`` to every worker (docs/ipc.md §4.5), SIGTERM to the
         supervised ones. Idempotent."""
         if self._workers_stopping is not None:
@@ -247,7 +261,7 @@ class Engine:
             waits.append(asyncio.ensure_future(self._supervisor.wait_exited()))
         self._workers_stopping = asyncio.ensure_future(_all(waits))
 
-    async def _stop_workers(self, state: ServerState, deadline: float, cleanup: float) -> None:
+    async def _stop_workers(self, state: Node, deadline: float, cleanup: float) -> None:
         """Workers finish until ``deadline``; then their sockets are dropped and the
         supervised processes still running are killed."""
         self._begin_worker_stop(state)
@@ -269,7 +283,7 @@ class Engine:
                     os.unlink(self.config.ipc_path)
         self._workers_stopping = None
 
-    async def _close_in_batches(self, state: ServerState) -> None:
+    async def _close_in_batches(self, state: Node) -> None:
         """1001 to every WebSocket, ``drain_batch`` at a time every ``drain_interval``
         seconds: clients reconnect (elsewhere) spread out, not all in one instant."""
         batch = self.config.drain_batch
@@ -313,6 +327,77 @@ class Engine:
         await self.stop()
 
 
+def build_node(
+    config: Config, routes: Routes, loop: asyncio.AbstractEventLoop, metrics: Metrics
+) -> Node:
+    """Every shared part of one engine, in dependency order: the composition root.
+
+    Nothing else constructs a sibling: the hub is given its broker, the broker its
+    history, presence the broker's Redis client.
+    """
+    sweeper = Sweeper(loop, config.timer_resolution)
+    corker = Corker(loop, metrics.fanout_latency)
+    slow = config.slow_consumer_policies()
+    broker: Broker
+    presence: Presence | RedisPresence
+    if config.redis_url:
+        from engine.brokers.redis import RedisBroker  # redis is only imported when used
+        from engine.brokers.redis_presence import RedisPresence
+
+        redis_broker = RedisBroker(config, metrics)
+        broker = redis_broker
+        presence = RedisPresence(
+            loop,
+            redis_broker.client,
+            redis_broker.node,
+            config.presence_grace,
+            config.presence_lease,
+        )
+    else:
+        local = LocalBroker(StreamHistory(config.history_size, config.history_ttl, loop.time))
+        broker = local
+        presence = Presence(loop, config.presence_grace)
+    hub = Hub(broker, presence, slow, metrics, corker, config.limits.compression_threshold)
+    if isinstance(broker, LocalBroker):
+        broker.attach(hub)
+    limiter = ConnectionLimiter(
+        max_connections=config.max_connections,
+        per_ip=config.max_connections_per_ip,
+        rate=config.new_connections_per_ip,
+        burst=config.new_connections_burst,
+        table_size=config.ip_table_size,
+    )
+    http_rates = (
+        AddressRates(config.http_rate, config.http_burst, config.ip_table_size)
+        if config.http_rate > 0
+        else None
+    )
+    authenticator = Authenticator(
+        secret=config.jwt_secret,
+        public_key=config.jwt_public_key,
+        jwks=config.jwks,
+        audience=config.jwt_audience,
+        issuer=config.jwt_issuer,
+        leeway=config.jwt_leeway,
+    )
+    authenticator.allow_no_exp = config.jwt_allow_no_exp
+    return Node(
+        config=config,
+        routes=routes,
+        loop=loop,
+        metrics=metrics,
+        sweeper=sweeper,
+        corker=corker,
+        slow=slow,
+        presence=presence,
+        broker=broker,
+        hub=hub,
+        limiter=limiter,
+        http_rates=http_rates,
+        authenticator=authenticator,
+    )
+
+
 #: The end of the shutdown grace kept for forcing what is left (at most a quarter of
 #: it): unanswered service calls are failed so their 503s go out in time, and workers
 #: get this long to exit before they are killed at the deadline.
@@ -332,7 +417,7 @@ async def _until(when: float, aw: Awaitable[Any]) -> bool:
     return True
 
 
-async def _clients_done(state: ServerState, closing: asyncio.Future[None], *, shield: bool) -> None:
+async def _clients_done(state: Node, closing: asyncio.Future[None], *, shield: bool) -> None:
     """Every WebSocket told 1001 and every client connection and handler finished."""
     await (asyncio.shield(closing) if shield else closing)
     await state.wait_idle()

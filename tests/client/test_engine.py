@@ -4,7 +4,7 @@ connection is cut while events are emitted gets exactly what it missed, then the
 recovery is incomplete.
 
 Engine-dependent (marker ``engine_recovery``): they need the engine's recovery
-(engine/history.py, docs/recovery.md) and are skipped where it is missing.
+(engine/brokers/history.py, docs/recovery.md) and are skipped where it is missing.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from tests.integration.support import demo_engine
 pytestmark = [
     pytest.mark.engine_recovery,
     pytest.mark.skipif(
-        importlib.util.find_spec("engine.history") is None,
-        reason="the engine has no recovery yet (engine/history.py: numbered events, ?recover=)",
+        importlib.util.find_spec("engine.brokers.history") is None,
+        reason="the engine has no recovery yet (engine/brokers/history.py: ?recover=)",
     ),
 ]
 

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from engine import Config, Engine
-from engine.app import WebSocketEndpoint
+from engine.api.endpoint import WebSocketEndpoint
 from tests.helpers.http_client import RawHttp
 from tests.helpers.raw_ws import RawWs
 from tests.helpers.server import running_engine

@@ -25,8 +25,9 @@ import orjson
 import pytest
 
 from engine import Config, Engine
-from engine.app import Request, Response, WebSocketEndpoint
-from engine.http_protocol import HttpProtocol
+from engine.api.endpoint import WebSocketEndpoint
+from engine.api.request import Request, Response
+from engine.http.protocol import HttpProtocol
 from protocol.ipc import messages as m
 from tests.helpers.fake_worker import FakeWorker, reply_json, short_socket_path
 from tests.helpers.http_client import HttpResponse, RawHttp, build_request

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from engine import Engine
-from engine.app import Request, Response
+from engine.api.request import Request, Response
 from tests.helpers.http_client import RawHttp, build_request
 from tests.helpers.server import make_config, running_engine
 

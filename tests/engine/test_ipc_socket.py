@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine import Engine
-from engine.ipc_server import IpcAddressInUse
+from engine.services.listener import IpcAddressInUse
 from protocol.ipc import messages as m
 from tests.helpers.fake_worker import FakeWorker, reply_json, short_socket_path
 from tests.helpers.http_client import RawHttp

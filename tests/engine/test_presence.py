@@ -13,9 +13,8 @@ import orjson
 import pytest
 
 from engine import Engine
-from engine.app import WebSocketEndpoint
-from engine.presence import Presence
-from engine.ws_protocol import WebSocket
+from engine.api.endpoint import WebSocket, WebSocketEndpoint
+from engine.brokers.presence import Presence
 from tests.helpers.raw_ws import RawWs
 from tests.helpers.server import make_config
 

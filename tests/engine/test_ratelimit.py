@@ -6,7 +6,7 @@ import pytest
 
 from engine.cli import build_parser, config_from_args
 from engine.config import Config
-from engine.ratelimit import ConnectionLimiter, TokenBucket, address_key, parse_type_limit
+from engine.limits.ratelimit import ConnectionLimiter, TokenBucket, address_key, parse_type_limit
 
 # ------------------------------------------------------------------ the bucket
 

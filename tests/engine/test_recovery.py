@@ -13,9 +13,8 @@ import orjson
 import pytest
 
 from engine import Engine
-from engine.app import WebSocketEndpoint
-from engine.history import StreamHistory, parse_recover, stamp
-from engine.ws_protocol import WebSocket
+from engine.api.endpoint import WebSocket, WebSocketEndpoint
+from engine.brokers.history import StreamHistory, parse_recover, stamp
 from tests.helpers.raw_ws import RawWs
 from tests.helpers.server import make_config
 

@@ -9,7 +9,7 @@ from typing import NoReturn
 
 import pytest
 
-from engine.history import StreamHistory
+from engine.brokers.history import StreamHistory
 from tests.engine.test_recovery import encode, recovery_engine, recv_json
 from tests.helpers.raw_ws import RawWs
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.fanout import prepare
+from engine.hub.fanout import prepare
 from tests.helpers.raw_ws import RawWs
 from tests.helpers.server import running_engine
 

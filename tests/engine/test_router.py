@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.router import MethodNotAllowed, RouteConflict, Router
+from engine.api.routes import MethodNotAllowed, RouteConflict, Router
 
 
 def make() -> Router[str]:

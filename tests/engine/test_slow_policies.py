@@ -17,9 +17,9 @@ import orjson
 import pytest
 
 from engine import Engine
-from engine.app import WebSocketEndpoint
-from engine.fanout import prepare
-from engine.ws_protocol import WebSocket, WsProtocol
+from engine.api.endpoint import WebSocket, WebSocketEndpoint
+from engine.hub.fanout import prepare
+from engine.ws.protocol import WsProtocol
 from tests.helpers.raw_ws import RawWs
 from tests.helpers.server import make_config, running_engine
 

@@ -8,8 +8,7 @@ import pytest
 import websockets
 
 from engine import Config, Engine
-from engine.app import WebSocketEndpoint
-from engine.ws_protocol import WebSocket
+from engine.api.endpoint import WebSocket, WebSocketEndpoint
 from tests.helpers.raw_ws import RawWs
 from tests.helpers.server import make_config, running_engine
 

@@ -10,8 +10,8 @@ import pytest
 import websockets
 
 from engine import Engine
-from engine.app import WebSocketEndpoint
-from engine.ws_protocol import WebSocket, WsProtocol
+from engine.api.endpoint import WebSocket, WebSocketEndpoint
+from engine.ws.protocol import WsProtocol
 from tests.helpers.raw_ws import Frame, RawWs
 from tests.helpers.server import make_config, running_engine
 

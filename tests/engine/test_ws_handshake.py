@@ -12,8 +12,7 @@ import websockets
 from websockets.typing import Subprotocol
 
 from engine import Engine
-from engine.app import WebSocketEndpoint
-from engine.ws_protocol import WebSocket
+from engine.api.endpoint import WebSocket, WebSocketEndpoint
 from protocol.http.upgrade import accept_token
 from tests.helpers.raw_ws import RawWs, deflate_message, encode_client_frame
 from tests.helpers.server import make_config, running_engine

@@ -9,7 +9,7 @@ import time
 import pytest
 import websockets
 
-from engine.sweeper import Sweeper
+from engine.core.sweeper import Sweeper
 from tests.helpers.raw_ws import RawWs
 from tests.helpers.server import running_engine
 

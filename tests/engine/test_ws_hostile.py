@@ -13,8 +13,7 @@ import time
 import pytest
 
 from engine import Engine
-from engine.app import WebSocketEndpoint
-from engine.ws_protocol import WebSocket
+from engine.api.endpoint import WebSocket, WebSocketEndpoint
 from tests.helpers.proc import engine_process
 from tests.helpers.raw_ws import RawWs, encode_client_frame
 from tests.helpers.server import make_config, running_engine

@@ -22,8 +22,7 @@ import orjson
 import pytest
 
 from engine import Engine
-from engine.app import WebSocketEndpoint
-from engine.ws_protocol import WebSocket
+from engine.api.endpoint import WebSocket, WebSocketEndpoint
 from protocol.ipc import messages as m
 from tests.helpers.fake_worker import FakeWorker, reply_json, short_socket_path
 from tests.helpers.http_client import RawHttp

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from engine.metrics import Metrics
-from engine.redis_broker import MAX_QUEUED, RedisBroker
+from engine.brokers.redis import MAX_QUEUED, RedisBroker
+from engine.core.metrics import Metrics
 from tests.helpers.server import make_config
 
 

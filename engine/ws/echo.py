@@ -6,8 +6,7 @@ and it is what the Autobahn conformance runs and the benchmarks talk to.
 
 from __future__ import annotations
 
-from .app import WebSocketEndpoint
-from .ws_protocol import WebSocket
+from engine.api.endpoint import WebSocket, WebSocketEndpoint
 
 __all__ = ["EchoEndpoint"]
 

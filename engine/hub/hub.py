@@ -15,19 +15,18 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from engine.brokers.base import FIELDS, Broker
+from engine.brokers.history import Recovery
+from engine.brokers.presence import Presence
+from engine.hub.fanout import fanout
+from engine.hub.member import Member
+from engine.limits.slow import PolicyTable
 from protocol.ws import OutboundMessage
 
-from .broker import FIELDS, Broker, LocalBroker
-from .fanout import fanout
-from .history import Recovery, StreamHistory
-from .presence import Presence
-from .slow import PolicyTable
-
 if TYPE_CHECKING:
-    from .metrics import Metrics
-    from .redis_presence import RedisPresence
-    from .state import Corker
-    from .ws_protocol import WsProtocol
+    from engine.brokers.redis_presence import RedisPresence
+    from engine.core.corker import Corker
+    from engine.core.metrics import Metrics
 
 __all__ = ["Hub"]
 
@@ -51,27 +50,23 @@ class Hub:
 
     def __init__(
         self,
+        broker: Broker,
         presence: Presence | RedisPresence | None = None,
         slow: PolicyTable | None = None,
         metrics: Metrics | None = None,
         corker: Corker | None = None,
-        broker: Broker | None = None,
         compression_threshold: int = 128,
     ) -> None:
-        self.by_id: dict[int, WsProtocol] = {}
-        self.rooms: dict[str, set[WsProtocol]] = {}
+        self.by_id: dict[int, Member] = {}
+        self.rooms: dict[str, set[Member]] = {}
         #: Every open connection of each authenticated user (all tabs, all paths).
-        self.users: dict[str, set[WsProtocol]] = {}
+        self.users: dict[str, set[Member]] = {}
         #: Told when a user's first connection opens and their last one closes.
         self.presence = presence
         #: Slow-consumer policies of event types (engine/slow.py).
         self.slow = slow or PolicyTable()
         self._metrics = metrics
         self._corker = corker
-        if broker is None:
-            local = LocalBroker(StreamHistory(1000, 300.0, time.monotonic))
-            local.attach(self)
-            broker = local
         #: Numbers publishes and brings them to ``deliver`` (engine/broker.py).
         self.broker: Broker = broker
         self.compression_threshold = compression_threshold
@@ -81,10 +76,10 @@ class Hub:
         #: Streams with a recovery in flight: ``"r:room"`` → connection → its wait
         #: (the position it asked from, the live events held back until its missed
         #: ones are sent, its deadline).
-        self.pending: dict[str, dict[WsProtocol, _Waiting]] = {}
+        self.pending: dict[str, dict[Member, _Waiting]] = {}
 
     # ------------------------------------------------------------ membership
-    def add(self, ws: WsProtocol) -> None:
+    def add(self, ws: Member) -> None:
         self.by_id[ws.id] = ws
         user_id = ws.user_id
         if user_id is not None:
@@ -106,7 +101,7 @@ class Hub:
         tabs = self.users.get(user_id)
         return len(tabs) if tabs else 0
 
-    def remove(self, ws: WsProtocol) -> list[str]:
+    def remove(self, ws: Member) -> list[str]:
         """Forget a closed connection; returns the rooms it was in."""
         self.by_id.pop(ws.id, None)
         user_id = ws.user_id
@@ -128,10 +123,10 @@ class Hub:
                 self._stop_waiting(key, ws)
         return rooms
 
-    def join(self, ws: WsProtocol, room: str) -> bool:
+    def join(self, ws: Member, room: str) -> bool:
         """Add ``ws`` to ``room``; False if it is closed, or refused because it is in
         ``ws.max_rooms`` rooms already (counted, logged, and the client is told:
-        ``WsProtocol.join_refused``). Every join path comes here: worker commands, the
+        ``Member.join_refused``). Every join path comes here: worker commands, the
         embedding API, and joins that recover a stream (refused: no recovery)."""
         if ws.closed:
             return False
@@ -167,7 +162,7 @@ class Hub:
         return True
 
     # -------------------------------------------------------------- recovery
-    def _recover(self, ws: WsProtocol, kind: str, name: str, epoch: str, seq: int) -> None:
+    def _recover(self, ws: Member, kind: str, name: str, epoch: str, seq: int) -> None:
         # Live events of the stream are held back for this connection until the
         # broker has sent what it missed (at once for the local broker). However the
         # recovery goes, it ends in a verdict: an error, a deadline, too much held.
@@ -185,7 +180,7 @@ class Hub:
                 self.broker.recovery_timeout, self._give_up, ws, kind, name, "timed out"
             )
 
-    def recovery_deadline(self, ws: WsProtocol, kind: str, name: str) -> float | None:
+    def recovery_deadline(self, ws: Member, kind: str, name: str) -> float | None:
         """Loop time by which ``ws``'s recovery of the stream must be answered; None if
         it no longer waits (answered, given up, gone): the broker need not look."""
         wait = self.pending.get(f"{kind}:{name}", {}).get(ws)
@@ -195,7 +190,7 @@ class Hub:
             return wait.timer.when()
         return asyncio.get_running_loop().time() + self.broker.recovery_timeout
 
-    def send_recovery(self, ws: WsProtocol, kind: str, name: str, found: Recovery) -> None:
+    def send_recovery(self, ws: Member, kind: str, name: str, found: Recovery) -> None:
         """The broker found what ``ws`` missed: send it, the verdict, then what was held."""
         wait = self._stop_waiting(f"{kind}:{name}", ws)
         if wait is None or ws.closed:
@@ -203,7 +198,7 @@ class Hub:
         # Held events up to the verdict's seq were in the history: sent above, or known.
         self._answer(ws, kind, name, found, wait.held, found.seq)
 
-    def recovery_failed(self, ws: WsProtocol, kind: str, name: str) -> None:
+    def recovery_failed(self, ws: Member, kind: str, name: str) -> None:
         """The recovery cannot be completed (Redis failed or too slow, too many events
         held): ``recovered: false`` with the client's own position, unchanged (nothing
         is claimed about what it missed), then every event held, in order."""
@@ -212,13 +207,13 @@ class Hub:
             return
         self._answer(ws, kind, name, Recovery([], False, wait.epoch, wait.seq), wait.held, None)
 
-    def _give_up(self, ws: WsProtocol, kind: str, name: str, why: str) -> None:
+    def _give_up(self, ws: Member, kind: str, name: str, why: str) -> None:
         _given_up.count(why)
         self.recovery_failed(ws, kind, name)
 
     def _answer(
         self,
-        ws: WsProtocol,
+        ws: Member,
         kind: str,
         name: str,
         found: Recovery,
@@ -250,7 +245,7 @@ class Hub:
         if self._metrics is not None:
             self._metrics.count_recovery(found.recovered, len(found.events))
 
-    def _stop_waiting(self, key: str, ws: WsProtocol) -> _Waiting | None:
+    def _stop_waiting(self, key: str, ws: Member) -> _Waiting | None:
         waiting = self.pending.get(key)
         if waiting is None:
             return None
@@ -261,7 +256,7 @@ class Hub:
             wait.timer.cancel()
         return wait
 
-    def leave(self, ws: WsProtocol, room: str) -> None:
+    def leave(self, ws: Member, room: str) -> None:
         if self.pending:  # left before its verdict: none, nor what was held for it
             self._stop_waiting(f"r:{room}", ws)
         mine = ws.rooms
@@ -272,7 +267,7 @@ class Hub:
             mine.discard(room)
         self._discard(room, ws)
 
-    def _discard(self, room: str, ws: WsProtocol) -> None:
+    def _discard(self, room: str, ws: Member) -> None:
         members = self.rooms.get(room)
         if members is not None and ws in members:
             members.discard(ws)
@@ -282,7 +277,7 @@ class Hub:
                 del self.rooms[room]
                 self.broker.unwatch("r", room)
 
-    def rooms_of(self, ws: WsProtocol) -> list[str]:
+    def rooms_of(self, ws: Member) -> list[str]:
         return sorted(ws.rooms) if ws.rooms else []
 
     def members(self, room: str) -> list[int]:
@@ -385,7 +380,7 @@ class Hub:
         kind, name = target
         return self.fan(message, self._targets(*target), kind, name, exclude, event, started)
 
-    def _targets(self, kind: str, name: str) -> Iterable[WsProtocol]:
+    def _targets(self, kind: str, name: str) -> Iterable[Member]:
         """The local connections of a room ``r``, a user ``u``, one connection ``c``
         (its id as text) or everyone ``*``."""
         if kind == "r":
@@ -397,7 +392,7 @@ class Hub:
         ws = self.by_id.get(int(name))
         return (ws,) if ws is not None else ()
 
-    def _skip(self, payload: bytes, excluded: list[WsProtocol], field: bytes) -> None:
+    def _skip(self, payload: bytes, excluded: list[Member], field: bytes) -> None:
         """An excluded connection still learns the event's number (``linkd.skip``), so
         its stream has no hole: a client's positions stay exact (docs/recovery.md)."""
         at = payload.rfind(b',"' + field + b'":')
@@ -414,7 +409,7 @@ class Hub:
     def fan(
         self,
         message: OutboundMessage,
-        targets: Iterable[WsProtocol],
+        targets: Iterable[Member],
         kind: str = "*",
         name: str = "",
         exclude: Iterable[int] = (),
@@ -428,8 +423,8 @@ class Hub:
             started = time.perf_counter()
         if exclude:
             excluded = set(exclude)
-            kept: list[WsProtocol] = []
-            skipped: list[WsProtocol] = []
+            kept: list[Member] = []
+            skipped: list[Member] = []
             for ws in targets:
                 (skipped if ws.id in excluded else kept).append(ws)
             targets = kept
@@ -506,6 +501,6 @@ _given_up = _GivenUp()
 _SMALL = 8
 
 
-def _username(ws: WsProtocol) -> str | None:
+def _username(ws: Member) -> str | None:
     name = ws.auth.get("username") if ws.auth else None
     return name if isinstance(name, str) else None

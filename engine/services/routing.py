@@ -15,19 +15,19 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from engine.api.endpoint import WebSocket, WebSocketEndpoint
+from engine.api.request import Request, Response
+from engine.auth import authenticate
 from protocol import CloseCode, ErrorCode
+from protocol.errors import UnauthorizedError
 from protocol.ipc import messages as m
 from protocol.ws import OutboundMessage
 
-from .app import Request, Response, WebSocketEndpoint
-from .auth import authenticate
-
 if TYPE_CHECKING:
-    from .state import ServerState
-    from .workers import ServiceEntry
-    from .ws_protocol import WebSocket
+    from engine.services.host import Host
+    from engine.services.registry import ServiceEntry
 
-from .workers import ServiceError
+from engine.services.workers import ServiceError
 
 __all__ = ["mount_service"]
 
@@ -69,7 +69,7 @@ def _auth_header(request: Request) -> str | None:
 class ServiceHttpAction:
     """``METHOD /path`` of a service → ``http`` request → ``reply`` → HTTP response."""
 
-    def __init__(self, state: ServerState, entry: ServiceEntry, route: m.HttpRoute) -> None:
+    def __init__(self, state: Host, entry: ServiceEntry, route: m.HttpRoute) -> None:
         self.state = state
         self.entry = entry
         self.route = route
@@ -78,10 +78,10 @@ class ServiceHttpAction:
         http = request.http
         identity = None
         if self.route.auth != "none":
-            outcome = authenticate(self.state.authenticator, http, self.route.auth)
-            if isinstance(outcome, Response):
-                return outcome
-            identity = outcome
+            try:
+                identity = authenticate(self.state.authenticator, http, self.route.auth)
+            except UnauthorizedError as exc:
+                return Response.error(exc.code, exc.message)
         auth = identity.auth if identity is not None else None
         remote = f"{request.remote[0]}:{request.remote[1]}" if request.remote else None
 
@@ -120,7 +120,7 @@ class ServiceHttpAction:
 class ServiceWsEndpoint(WebSocketEndpoint):
     """The service's WebSocket path: connect, messages and disconnect go to its workers."""
 
-    def __init__(self, state: ServerState, entry: ServiceEntry, route: m.WsRoute) -> None:
+    def __init__(self, state: Host, entry: ServiceEntry, route: m.WsRoute) -> None:
         self.state = state
         self.entry = entry
         self.route = route
@@ -326,7 +326,7 @@ class ServiceWsEndpoint(WebSocketEndpoint):
             )
 
 
-def mount_service(state: ServerState, entry: ServiceEntry) -> list[Callable[[], None]]:
+def mount_service(state: Host, entry: ServiceEntry) -> list[Callable[[], None]]:
     """Mount a service's routes on the engine; returns the functions that unmount them.
 
     Raises:

@@ -13,18 +13,44 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol
 
-from .history import Recovery, StreamHistory
+from engine.brokers.history import Recovery
 
-if TYPE_CHECKING:
-    from .hub import Hub
-    from .ws_protocol import WsProtocol
-
-__all__ = ["FIELDS", "Broker", "LocalBroker"]
+__all__ = ["FIELDS", "Broker", "Conn", "Sink"]
 
 #: The field a numbered event names its stream with, by kind ("r" room, "u" user).
 FIELDS = {"r": b"room", "u": b"user"}
+
+
+#: A connection as brokers see it: the hub's member (engine/hub/member.py), opaque
+#: here. Brokers only hand it back to their sink, so they never import the hub.
+Conn = Any
+
+
+class Sink(Protocol):
+    """What a broker delivers into: the hub (engine/hub/hub.py) implements it."""
+
+    def deliver(
+        self,
+        kind: str,
+        name: str,
+        payload: bytes,
+        seq: int | None,
+        exclude: Iterable[int],
+        event: str | None,
+        started: float,
+    ) -> int:
+        """Queue a numbered (or, ``seq`` None, unnumbered) event to the local connections."""
+
+    def send_recovery(self, ws: Conn, kind: str, name: str, found: Recovery) -> None:
+        """What ``ws`` missed of the stream, then the verdict."""
+
+    def recovery_failed(self, ws: Conn, kind: str, name: str) -> None:
+        """``recovered: false`` for ``ws``, then what was held for it."""
+
+    def recovery_deadline(self, ws: Conn, kind: str, name: str) -> float | None:
+        """Loop time by which ``ws``'s recovery must be answered; None: no longer waits."""
 
 
 class Broker(Protocol):
@@ -36,7 +62,7 @@ class Broker(Protocol):
     #: past it the recovery is given up (``recovered: false``, then the held events).
     max_held: int
 
-    async def start(self, hub: Hub) -> None: ...
+    async def start(self, hub: Sink) -> None: ...
 
     async def stop(self) -> None: ...
 
@@ -57,63 +83,9 @@ class Broker(Protocol):
     def unwatch(self, kind: str, name: str) -> None:
         """The last one left."""
 
-    def recover(self, ws: WsProtocol, kind: str, name: str, epoch: str, seq: int) -> None:
+    def recover(self, ws: Conn, kind: str, name: str, epoch: str, seq: int) -> None:
         """Send ``ws`` the events of the stream after ``seq``, then the verdict: through
         ``hub.send_recovery``, or ``hub.recovery_failed`` if it cannot be done."""
 
     def fence(self) -> asyncio.Future[None] | None:
         """Done when what was asked so far took effect locally; None if it already has."""
-
-
-class LocalBroker:
-    """One node: events numbered and kept in memory, delivered at once."""
-
-    healthy = True
-    # Recoveries are answered within the call: nothing is ever held, nor late.
-    recovery_timeout = 5.0
-    max_held = 1000
-
-    def __init__(self, history: StreamHistory) -> None:
-        self.history = history
-        self._hub: Hub | None = None
-
-    async def start(self, hub: Hub) -> None:
-        self._hub = hub
-
-    async def stop(self) -> None:
-        return None
-
-    def attach(self, hub: Hub) -> None:
-        self._hub = hub
-
-    def publish(
-        self,
-        kind: str,
-        name: str,
-        payload: bytes,
-        exclude: Iterable[int],
-        event: str | None,
-        started: float,
-    ) -> None:
-        assert self._hub is not None
-        field = FIELDS.get(kind)
-        if field is not None:
-            payload = self.history.append(f"{kind}:{name}", payload, field, name)
-        # No seq for the hub: recoveries here are synchronous, nothing is held back.
-        self._hub.deliver(kind, name, payload, None, exclude, event, started)
-
-    def watch(self, kind: str, name: str) -> None:
-        return None
-
-    def unwatch(self, kind: str, name: str) -> None:
-        return None
-
-    def fence(self) -> asyncio.Future[None] | None:
-        return None  # everything takes effect at once
-
-    def recover(self, ws: WsProtocol, kind: str, name: str, epoch: str, seq: int) -> None:
-        # Synchronous: no live event of the stream can come between the missed ones
-        # and the verdict.
-        assert self._hub is not None
-        found: Recovery = self.history.since(f"{kind}:{name}", epoch, seq)
-        self._hub.send_recovery(ws, kind, name, found)

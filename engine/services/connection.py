@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Any, cast
 import orjson
 from redis.exceptions import RedisError
 
+from engine.services.peer import peer_refusal
 from protocol import LocalProtocolError
 from protocol.ipc import IpcConn, IpcError, IpcProtocolError, Role
 from protocol.ipc import messages as m
 
-from .peer import peer_refusal
-
 if TYPE_CHECKING:
-    from .state import ServerState
-    from .workers import Registry, Worker
+    from engine.services.host import Host
+    from engine.services.registry import Registry
+    from engine.services.workers import Worker
 
 __all__ = ["IpcProtocol"]
 
@@ -58,7 +58,7 @@ class IpcProtocol(asyncio.Protocol):
         "worker",
     )
 
-    def __init__(self, state: ServerState, registry: Registry, max_frame: int) -> None:
+    def __init__(self, state: Host, registry: Registry, max_frame: int) -> None:
         self._state = state
         self._registry = registry
         self._conn = IpcConn(Role.ENGINE, max_frame)
@@ -265,7 +265,7 @@ class IpcProtocol(asyncio.Protocol):
 
     async def _answer_cluster(self, query: m.Query) -> None:
         """Presence questions answered from Redis: the same answer on every node."""
-        from .redis_presence import RedisPresence
+        from engine.brokers.redis_presence import RedisPresence
 
         presence = self._state.presence
         assert isinstance(presence, RedisPresence)

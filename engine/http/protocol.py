@@ -34,7 +34,16 @@ from urllib.parse import parse_qsl
 
 import orjson
 
+from engine.api.request import Request, Response, error_body
+from engine.api.routes import MethodNotAllowed
+from engine.auth import authenticate
+from engine.brokers.history import RecoverRequest, parse_recover
+from engine.limits.ratelimit import CAP_RETRY_AFTER, ConnectionLimiter, Refusal, address_key
+from engine.log import redact_target
+from engine.node import Node
+from engine.ws.protocol import WsProtocol
 from protocol import ErrorCode, MessageTooBig, RemoteProtocolError
+from protocol.errors import UnauthorizedError
 from protocol.http import (
     NEED_DATA,
     HttpConn,
@@ -47,15 +56,6 @@ from protocol.http import (
     validate_upgrade,
 )
 from protocol.ws import WsConn
-
-from .app import Request, Response, error_body
-from .auth import authenticate
-from .history import RecoverRequest, parse_recover
-from .log import redact_target
-from .ratelimit import CAP_RETRY_AFTER, ConnectionLimiter, Refusal, address_key
-from .router import MethodNotAllowed
-from .state import ServerState
-from .ws_protocol import WsProtocol
 
 __all__ = ["HttpProtocol"]
 
@@ -111,7 +111,7 @@ class HttpProtocol(asyncio.Protocol):
         "remote",
     )
 
-    def __init__(self, state: ServerState) -> None:
+    def __init__(self, state: Node) -> None:
         self._state = state
         self._conn = HttpConn(state.limits)
         self._transport: asyncio.Transport | None = None
@@ -470,9 +470,10 @@ class HttpProtocol(asyncio.Protocol):
         identity = None
         if endpoint.auth_policy != "none":
             # DESIGN §2: a bad token is a 401 before the upgrade, never 101 then close.
-            checked = authenticate(state.authenticator, request, endpoint.auth_policy)
-            if isinstance(checked, Response):
-                self._respond(request, checked)
+            try:
+                checked = authenticate(state.authenticator, request, endpoint.auth_policy)
+            except UnauthorizedError as exc:
+                self._respond(request, Response.error(exc.code, exc.message))
                 return
             identity = checked
             if checked is not None and self._over_user_cap(request, checked.user_id):

@@ -20,7 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from .slow import Policy
+from engine.limits.slow import Policy
 
 __all__ = ["Histogram", "Metrics"]
 

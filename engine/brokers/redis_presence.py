@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
-from .presence import PresenceListener
+from engine.brokers.presence import PresenceListener
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis

@@ -1,4 +1,5 @@
-"""HTTP route table: exact paths and ``:name`` parameters (``GET /chat/rooms/:id``).
+"""Routes: the HTTP route table (exact paths and ``:name`` parameters, ``GET /chat/rooms/:id``)
+and the WebSocket endpoints by exact path.
 
 Pure matching, no I/O. Static paths are a dict lookup; parameterised ones are
 matched segment by segment, static segments winning over parameters, so
@@ -11,7 +12,10 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 from urllib.parse import unquote
 
-__all__ = ["MethodNotAllowed", "RouteConflict", "Router"]
+from engine.api.endpoint import WebSocketEndpoint
+from engine.api.request import HttpHandler
+
+__all__ = ["MethodNotAllowed", "RouteConflict", "Router", "Routes"]
 
 T = TypeVar("T")
 
@@ -97,3 +101,19 @@ def _bind(pattern: list[str], segments: list[str]) -> dict[str, str] | None:
         elif want != got:
             return None
     return params
+
+
+class Routes:
+    """HTTP routes (with ``:name`` parameters) and WebSocket endpoints (exact paths)."""
+
+    def __init__(self) -> None:
+        self.http: Router[HttpHandler] = Router()
+        self.websocket: dict[str, WebSocketEndpoint] = {}
+
+    def add_http(self, method: str, path: str, handler: HttpHandler) -> None:
+        self.http.add(method, path, handler)
+
+    def add_websocket(self, path: str, endpoint: WebSocketEndpoint) -> None:
+        if path in self.websocket:
+            raise RouteConflict(f"WebSocket path {path} is already mounted")
+        self.websocket[path] = endpoint

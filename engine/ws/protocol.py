@@ -1,4 +1,5 @@
-"""WsProtocol: the asyncio shell around one ``WsConn``; also the ``WebSocket`` handlers see.
+"""WsProtocol: the asyncio shell around one ``WsConn``; handlers see it as a ``WebSocket``
+(engine/api/endpoint.py).
 
 A thin pump: ``data_received`` feeds the core, events are dispatched to the endpoint,
 bytes the core owes are queued. Everything outbound goes through ``_queue``, which
@@ -22,6 +23,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
+from engine.limits.ratelimit import TokenBucket
+from engine.limits.slow import Policy
 from protocol import CloseCode
 from protocol.http import HttpRequest
 from protocol.ws import (
@@ -36,17 +39,14 @@ from protocol.ws import (
     WsState,
 )
 
-from .ratelimit import TokenBucket
-from .slow import Policy
-
 if TYPE_CHECKING:
-    from .app import WebSocketEndpoint
-    from .auth import Identity
-    from .history import RecoverRequest
-    from .ratelimit import ConnectionLimiter
-    from .state import ServerState
+    from engine.api.endpoint import WebSocketEndpoint
+    from engine.auth import Identity
+    from engine.brokers.history import RecoverRequest
+    from engine.limits.ratelimit import ConnectionLimiter
+    from engine.node import Node
 
-__all__ = ["WebSocket", "WsProtocol"]
+__all__ = ["WsProtocol"]
 
 log = logging.getLogger("linkd.ws")
 
@@ -107,7 +107,7 @@ class WsProtocol(asyncio.Protocol):
 
     def __init__(
         self,
-        state: ServerState,
+        state: Node,
         endpoint: WebSocketEndpoint,
         conn: WsConn,
         request: HttpRequest,
@@ -1063,7 +1063,3 @@ def _reset(transport: asyncio.Transport) -> None:
         with contextlib.suppress(OSError, AttributeError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
-
-
-#: What endpoint handlers receive: the connection itself, through its public methods.
-WebSocket = WsProtocol

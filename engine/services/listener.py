@@ -12,10 +12,10 @@ import os
 import socket
 import stat
 
-from .ipc_protocol import IpcProtocol
-from .peer import PEERCRED_SUPPORTED, directory_risk
-from .state import ServerState
-from .workers import Registry
+from engine.services.connection import IpcProtocol
+from engine.services.host import Host
+from engine.services.peer import PEERCRED_SUPPORTED, directory_risk
+from engine.services.registry import Registry
 
 __all__ = ["IpcAddressInUse", "start_ipc_server"]
 
@@ -68,7 +68,7 @@ def _check_directory(path: str) -> None:
 
 
 async def start_ipc_server(
-    state: ServerState, registry: Registry, path: str, mode: int, max_frame: int
+    state: Host, registry: Registry, path: str, mode: int, max_frame: int
 ) -> asyncio.Server:
     _check_directory(path)
     _claim_path(path)

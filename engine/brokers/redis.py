@@ -38,14 +38,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .broker import FIELDS
-from .history import Recovery, new_epoch
+from engine.brokers.base import FIELDS, Conn, Sink
+from engine.brokers.history import Recovery, new_epoch
 
 if TYPE_CHECKING:
-    from .config import Config
-    from .hub import Hub
-    from .metrics import Metrics
-    from .ws_protocol import WsProtocol
+    from engine.config import Config
+    from engine.core.metrics import Metrics
 
 __all__ = ["RedisBroker"]
 
@@ -105,7 +103,7 @@ class RedisBroker:
         self.recovery_timeout = config.recovery_timeout
         self.max_held = config.recovery_max_held
         self.healthy = False
-        self._hub: Hub | None = None
+        self._hub: Sink | None = None
         # No retries inside redis-py: a failure must reach us at once (local fallback,
         # our own reconnect with backoff and resubscription).
         self._redis: aioredis.Redis | None = aioredis.Redis.from_url(
@@ -140,7 +138,7 @@ class RedisBroker:
         return self._redis
 
     # ------------------------------------------------------------ lifecycle
-    async def start(self, hub: Hub) -> None:
+    async def start(self, hub: Sink) -> None:
         self._hub = hub
         assert self._redis is not None
         self._script = self._redis.register_script(_PUBLISH)
@@ -434,7 +432,7 @@ class RedisBroker:
         )
 
     # ------------------------------------------------------------- recovery
-    def recover(self, ws: WsProtocol, kind: str, name: str, epoch: str, seq: int) -> None:
+    def recover(self, ws: Conn, kind: str, name: str, epoch: str, seq: int) -> None:
         assert self._hub is not None
         if not self.healthy or len(self._ops) >= MAX_QUEUED:
             # Nothing to read it from, or too far behind: not recovered, live at once.
@@ -443,7 +441,7 @@ class RedisBroker:
         # After the subscription the join queued: what follows the snapshot arrives live.
         self._queue(("recover", ws, kind, name, epoch, seq))
 
-    async def _recover(self, ws: WsProtocol, kind: str, name: str, epoch: str, seq: int) -> None:
+    async def _recover(self, ws: Conn, kind: str, name: str, epoch: str, seq: int) -> None:
         """Read the stream's position and entries after ``seq``; any failure (and the
         recovery's deadline) ends in ``recovered: false``, never in a connection left
         waiting. A lost connection is re-raised: the broker reconnects."""

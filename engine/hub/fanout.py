@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from engine.hub.member import Member
+from engine.limits.slow import Policy
 from protocol.ws import OutboundMessage
-
-from .slow import Policy
-from .ws_protocol import WsProtocol
 
 __all__ = ["fanout", "prepare"]
 
@@ -30,8 +29,8 @@ def prepare(data: str | bytes, compression_threshold: int = 128) -> OutboundMess
 
 def fanout(
     message: OutboundMessage,
-    targets: Iterable[WsProtocol],
-    exclude: WsProtocol | None = None,
+    targets: Iterable[Member],
+    exclude: Member | None = None,
     policy: Policy | None = None,
     key: str | None = None,
     write_through: bool = False,

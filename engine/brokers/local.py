@@ -1,0 +1,78 @@
+"""LocalBroker: one node; events numbered and kept in memory (brokers/history.py), delivered
+at once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from engine.brokers.base import FIELDS, Conn, Sink
+from engine.brokers.history import Recovery, StreamHistory
+
+__all__ = ["PRUNE_INTERVAL", "LocalBroker"]
+
+#: Seconds between sweeps of expired events out of the in-memory history.
+PRUNE_INTERVAL = 60.0
+
+
+class LocalBroker:
+    """One node: events numbered and kept in memory, delivered at once."""
+
+    healthy = True
+    # Recoveries are answered within the call: nothing is ever held, nor late.
+    recovery_timeout = 5.0
+    max_held = 1000
+
+    def __init__(self, history: StreamHistory) -> None:
+        self.history = history
+        self._hub: Sink | None = None
+        self._prune_timer: asyncio.TimerHandle | None = None
+
+    async def start(self, hub: Sink) -> None:
+        self._hub = hub
+        # The in-memory history is pruned here; Redis expires its own keys.
+        self._prune_timer = asyncio.get_running_loop().call_later(PRUNE_INTERVAL, self._prune)
+
+    async def stop(self) -> None:
+        if self._prune_timer is not None:
+            self._prune_timer.cancel()
+            self._prune_timer = None
+
+    def _prune(self) -> None:
+        self.history.prune()
+        self._prune_timer = asyncio.get_running_loop().call_later(PRUNE_INTERVAL, self._prune)
+
+    def attach(self, hub: Sink) -> None:
+        self._hub = hub
+
+    def publish(
+        self,
+        kind: str,
+        name: str,
+        payload: bytes,
+        exclude: Iterable[int],
+        event: str | None,
+        started: float,
+    ) -> None:
+        assert self._hub is not None
+        field = FIELDS.get(kind)
+        if field is not None:
+            payload = self.history.append(f"{kind}:{name}", payload, field, name)
+        # No seq for the hub: recoveries here are synchronous, nothing is held back.
+        self._hub.deliver(kind, name, payload, None, exclude, event, started)
+
+    def watch(self, kind: str, name: str) -> None:
+        return None
+
+    def unwatch(self, kind: str, name: str) -> None:
+        return None
+
+    def fence(self) -> asyncio.Future[None] | None:
+        return None  # everything takes effect at once
+
+    def recover(self, ws: Conn, kind: str, name: str, epoch: str, seq: int) -> None:
+        # Synchronous: no live event of the stream can come between the missed ones
+        # and the verdict.
+        assert self._hub is not None
+        found: Recovery = self.history.since(f"{kind}:{name}", epoch, seq)
+        self._hub.send_recovery(ws, kind, name, found)

@@ -1,0 +1,1 @@
+"""Rooms, connections by id and by user, the Publish value, fan-out."""

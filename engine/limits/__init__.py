@@ -1,0 +1,1 @@
+"""Rate limits, connection caps and slow-consumer policies: pure bookkeeping."""
