@@ -37,6 +37,7 @@ from .service import (
     Service,
     WebSocketOptions,
 )
+from .watchers import WatcherEmitter
 from .worker import Worker
 from .ws import Middleware, Next, WsGroup, WsGroupOptions, WsHandlerOptions, WsRouter
 
@@ -69,6 +70,7 @@ __all__ = [
     "UnauthorizedError",
     "UnknownMessageTypeError",
     "ValidationError",
+    "WatcherEmitter",
     "WebSocketOptions",
     "Worker",
     "WsContext",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, parse_qsl
@@ -14,6 +14,7 @@ from protocol.ipc import messages as m
 
 from .encoding import describe_unencodable
 from .errors import BadRequestError, InternalError
+from .watchers import MAX_WATCHED_ROOMS, MAX_WATCHERS, WatcherEmitter, find_watchers
 
 if TYPE_CHECKING:
     from .service import Service
@@ -233,6 +234,55 @@ class Context:
         """Whether ``user_id`` has a connection (or is within the presence grace period)."""
         return bool(await self._link.query("online", user=user_id))
 
+    def _watched(self) -> str | None:
+        # Whose watchers to_watchers finds when not told: the caller.
+        return self._user.id if self._user is not None else None
+
+    async def watchers(
+        self,
+        rooms: Iterable[str],
+        *,
+        of: str | None = None,
+        max_rooms: int = MAX_WATCHED_ROOMS,
+        max_watchers: int = MAX_WATCHERS,
+    ) -> dict[str, list[str]]:
+        """The users present in ``rooms`` other than ``of``, each → the rooms it is in.
+
+        ``of`` defaults to the presence context's user (``ctx.user_id``), elsewhere to
+        the caller. One presence query per room (repeats dropped), at most
+        ``max_rooms`` rooms and ``max_watchers`` users, each cut logged.
+        """
+        subject = of if of is not None else self._watched()
+        return await find_watchers(
+            self._link,
+            self.logger,
+            rooms,
+            subject,
+            max_rooms=max_rooms,
+            max_watchers=max_watchers,
+        )
+
+    def to_watchers(
+        self,
+        rooms: Iterable[str],
+        *,
+        of: str | None = None,
+        max_rooms: int = MAX_WATCHED_ROOMS,
+        max_watchers: int = MAX_WATCHERS,
+    ) -> WatcherEmitter:
+        """Emit once to each user in ``watchers(rooms, of=...)`` (through ``to_user``),
+        with the rooms it shares in ``roomIds``: a presence change announced once per
+        watcher, not once per shared room."""
+        subject = of if of is not None else self._watched()
+        return WatcherEmitter(
+            self._link,
+            self.logger,
+            rooms,
+            subject,
+            max_rooms=max_rooms,
+            max_watchers=max_watchers,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Socket:
@@ -354,6 +404,9 @@ class PresenceContext(Context):
         #: True: the user's first connection opened. False: the last one closed and
         #: the grace period passed without a new one.
         self.online = note.online
+
+    def _watched(self) -> str | None:
+        return self.user_id
 
 
 #: ``ctx.body`` of a form: each name to its value, or to the list of its values when

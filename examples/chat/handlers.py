@@ -170,15 +170,17 @@ async def connected(ctx: WsContext) -> None:
 
 
 async def presence(ctx: PresenceContext) -> None:
-    """``user.online`` / ``user.offline`` to the user's rooms: once per user, not per tab."""
+    """``user.online`` / ``user.offline`` once to each user present in a room of this
+    one: not once per tab, nor once per room they share (those are in ``roomIds``;
+    ``roomId``, the first of them, is kept for clients that read only it)."""
     user_id = parse_uuid(ctx.user_id)
     if user_id is None:
         return
     event = "user.online" if ctx.online else "user.offline"
-    for room_id in await store(ctx).room_ids_of(user_id):
-        await ctx.to(room_id).emit(
-            event, {"userId": user_id, "username": ctx.username, "roomId": room_id}
-        )
+    about = {"userId": user_id, "username": ctx.username}
+    await ctx.to_watchers(await store(ctx).room_ids_of(user_id)).emit(
+        event, lambda _watcher, rooms: {**about, "roomId": rooms[0], "roomIds": rooms}
+    )
 
 
 def chat(group: WsGroup) -> None:

@@ -111,7 +111,12 @@ async def test_presence_across_two_tabs_of_one_user(chat: EngineProcess, databas
         async with contextlib.AsyncExitStack() as tabs:
             first = await tabs.enter_async_context(ChatClient.as_user(chat.port, erin, "Erin"))
             online = await watcher.event_where("user.online", roomId=room, userId=erin)
-            assert online["data"] == {"userId": erin, "username": "Erin", "roomId": room}
+            assert online["data"] == {
+                "userId": erin,
+                "username": "Erin",
+                "roomId": room,
+                "roomIds": [room],
+            }
             # The connection is in its rooms from the start.
             assert room in {r["id"] for r in (await first.call("chat.rooms"))["rooms"]}
 
@@ -123,7 +128,12 @@ async def test_presence_across_two_tabs_of_one_user(chat: EngineProcess, databas
             # One tab closed, one open: still online.
             await watcher.no_event_where("user.offline", PRESENCE_GRACE * 3, userId=erin)
         offline = await watcher.event_where("user.offline", roomId=room, userId=erin)
-        assert offline["data"] == {"userId": erin, "username": "Erin", "roomId": room}
+        assert offline["data"] == {
+            "userId": erin,
+            "username": "Erin",
+            "roomId": room,
+            "roomIds": [room],
+        }
         await watcher.no_event_where("user.offline", 0.3, userId=erin)
         online_now = (await watcher.call("chat.join", {"room": room}))["online"]
         assert [u["userId"] for u in online_now] == [watcher_id]
@@ -144,23 +154,56 @@ async def test_a_quick_reconnect_is_not_offline(chat: EngineProcess, database_ur
         await watcher.event_where("user.offline", roomId=room, userId=frank)
 
 
-async def test_presence_reaches_every_room_of_the_user(
+async def test_a_watcher_sharing_three_rooms_gets_one_online_and_one_offline(
     chat: EngineProcess, database_url: str
 ) -> None:
-    watcher_id, gina = str(uuid.uuid4()), str(uuid.uuid4())
-    rooms = [await make_room(database_url, {watcher_id: "owner", gina: "member"}) for _ in range(2)]
-    async with ChatClient.as_user(chat.port, watcher_id, "Watcher") as watcher:
-        async with ChatClient.as_user(chat.port, gina, "Gina"):
-            seen = {
-                (await watcher.event_where("user.online", userId=gina))["data"]["roomId"]
-                for _ in rooms
+    """One user.online and one user.offline per watcher, however many rooms it shares
+    with the user: they are in ``roomIds`` (``roomId`` is the first of them)."""
+    watcher_id, other_id, hank = (str(uuid.uuid4()) for _ in range(3))
+    shared = [
+        await make_room(database_url, {watcher_id: "owner", hank: "member"}) for _ in range(3)
+    ]
+    shared.sort()  # the order of the user's rooms in the database
+    lone = await make_room(database_url, {other_id: "owner", hank: "member"})
+
+    def changes(client: ChatClient) -> list[tuple[str, list[str]]]:
+        return [
+            (f["type"], f["data"]["roomIds"])
+            for f in client.frames
+            if f.get("type") in ("user.online", "user.offline") and f["data"]["userId"] == hank
+        ]
+
+    async with (
+        ChatClient.as_user(chat.port, watcher_id, "Watcher") as watcher,
+        ChatClient.as_user(chat.port, other_id, "Other") as other,
+    ):
+        async with ChatClient.as_user(chat.port, hank, "Hank"):
+            online = await watcher.event_where("user.online", userId=hank)
+            assert online["data"] == {
+                "userId": hank,
+                "username": "Hank",
+                "roomId": shared[0],
+                "roomIds": shared,
             }
-            assert seen == set(rooms)
-        seen = {
-            (await watcher.event_where("user.offline", userId=gina))["data"]["roomId"]
-            for _ in rooms
-        }
-        assert seen == set(rooms)
+            online = await other.event_where("user.online", userId=hank)
+            assert online["data"]["roomIds"] == [lone] and online["data"]["roomId"] == lone
+        offline = await watcher.event_where("user.offline", userId=hank)
+        assert offline["data"]["roomIds"] == shared
+        await other.event_where("user.offline", userId=hank)
+        # Hank comes back: what his first visit produced arrived before this.
+        async with ChatClient.as_user(chat.port, hank, "Hank"):
+            await watcher.event_where("user.online", userId=hank)
+            await other.event_where("user.online", userId=hank)
+        assert changes(watcher) == [
+            ("user.online", shared),
+            ("user.offline", shared),
+            ("user.online", shared),
+        ]
+        assert changes(other) == [
+            ("user.online", [lone]),
+            ("user.offline", [lone]),
+            ("user.online", [lone]),
+        ]
 
 
 async def test_messages_reach_clients_served_by_either_worker(

@@ -337,7 +337,10 @@
   }
 
   function setOnline(data, online) {
-    if (data.roomId !== state.current) return;
+    // user.online/offline come once per user with every shared room in roomIds;
+    // user.joined names its one room in roomId.
+    const rooms = data.roomIds || [data.roomId];
+    if (!rooms.includes(state.current)) return;
     if (online) state.online.add(data.userId);
     else state.online.delete(data.userId);
     if (!state.members.has(data.userId)) {
