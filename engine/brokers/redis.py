@@ -266,7 +266,9 @@ class RedisBroker:
                 try:
                     await self._connect()
                     backoff = 0.1
-                except (RedisError, OSError):
+                except Exception as exc:  # whatever it was, try again later
+                    if not isinstance(exc, RedisError | OSError):
+                        log.warning("Redis reconnect failed: %s: %s", type(exc).__name__, exc)
                     await asyncio.sleep(backoff * (0.5 + random.random()))
                     backoff = min(backoff * 2, 5.0)
                     continue
@@ -384,14 +386,23 @@ class RedisBroker:
             if not self.healthy or self._pubsub is None:
                 await asyncio.sleep(0.05)
                 continue
+            pubsub = self._pubsub
             try:
-                message = await self._pubsub.get_message(timeout=1.0)
-            except (RedisError, OSError) as exc:
+                message = await pubsub.get_message(timeout=1.0)
+            except Exception as exc:  # any failure: the subscription is gone
+                # Not only RedisError/OSError: if this task ended, the node would
+                # believe it is subscribed and never receive another event.
+                if pubsub is not self._pubsub:
+                    continue  # closed under us by a reconnect: read the new one
                 self._lost(exc)
                 self._wake.set()  # the ops task reconnects
                 continue
             if message is not None:
-                self._on_message(message)
+                try:
+                    self._on_message(message)
+                except Exception:
+                    # A bug in one delivery must not end the subscription for all.
+                    log.exception("delivering a Redis message failed")
 
     def _on_message(self, message: dict[str, Any]) -> None:
         kind = message.get("type")

@@ -164,13 +164,18 @@ async def test_redis_outage_keeps_local_delivery_and_cross_node_delivery_resumes
             assert status == 200 and orjson.loads(body)["status"] == "degraded"
 
             own_redis.start()
-            async with asyncio.timeout(20):
-                while True:  # both nodes reconnect with backoff and subscribe again
-                    await local.call("demo.emit", {"room": room, "event": "e", "data": "after"})
-                    with contextlib.suppress(TimeoutError):
-                        got = await remote.event("e", timeout=1.0)
-                        if got["data"] == "after":
-                            break
+            try:
+                async with asyncio.timeout(30):
+                    while True:  # both nodes reconnect with backoff and subscribe again
+                        await local.call("demo.emit", {"room": room, "event": "e", "data": "after"})
+                        with contextlib.suppress(TimeoutError):
+                            got = await remote.event("e", timeout=1.0)
+                            if got["data"] == "after":
+                                break
+            except TimeoutError:
+                health = [await asyncio.to_thread(n.request, "GET", "/health") for n in (a, b)]
+                logs = "\n".join(n.output()[-3000:] for n in (a, b))
+                pytest.fail(f"cross-node delivery did not resume: {health}\n{logs}")
             status, body = await asyncio.to_thread(a.request, "GET", "/health")
             assert orjson.loads(body)["status"] == "healthy"
 
