@@ -77,6 +77,9 @@ _ERROR_MESSAGES = {
 #: not help: 502 (the gateway got an invalid answer from upstream) with INTERNAL.
 _UNSENDABLE = error_body(ErrorCode.INTERNAL, "the handler's response could not be sent")
 
+#: How long a connection refused at accept may linger for its EOF (then: reset).
+_REFUSED_LINGER = 1.0
+
 _REFUSALS = {
     "global": (ErrorCode.OVERLOADED, "too many connections"),
     "per_ip": (ErrorCode.RATE_LIMITED, "too many connections from this address"),
@@ -153,20 +156,55 @@ class HttpProtocol(asyncio.Protocol):
         state.metrics.http_open += 1
         cap = state.config.max_connections
         if cap and state.open_connections >= cap:
-            # Refused at its first request, once that is read: closing a socket with
-            # unread bytes sends a reset, which can destroy the 503 before it is read.
-            self._over_cap = True
-        else:
-            self._slot = True
-            state.http_slots += 1
+            self._refuse_at_accept(transport)
+            return
+        self._slot = True
+        state.http_slots += 1
         # Until the first byte, the header timeout is what bounds an idle new connection.
         self._set_deadline(state.config.header_timeout)
 
+    def _refuse_at_accept(self, transport: asyncio.Transport) -> None:
+        """Over ``--max-connections``: 503 now, before any request, and FIN.
+
+        Waiting for the request would let a flood hold sockets for a header timeout
+        each. What the peer sends meanwhile is read and dropped (closing with unread
+        bytes sends a reset, which can destroy the 503 before it is read) until its
+        EOF or ``_REFUSED_LINGER`` s, whichever comes first.
+        """
+        self._over_cap = True
+        state = self._state
+        state.metrics.count_refused("global")
+        state.metrics.count_request(503)
+        limiter = state.limiter
+        if limiter.log_budget.take(state.loop.time()):
+            limiter.not_logged += 1
+        else:
+            log.warning(
+                "refused a connection from %s: over --max-connections %d "
+                "(%d earlier refusals not logged)",
+                self.remote[0] if self.remote else "-",
+                state.config.max_connections,
+                limiter.not_logged,
+            )
+            limiter.not_logged = 0
+        code, message = _REFUSALS["global"]
+        headers = [*_JSON, *_retry_after(CAP_RETRY_AFTER)]
+        transport.write(
+            self._conn.reject(503, headers, _refusal_body(code, message, CAP_RETRY_AFTER))
+        )
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._set_deadline(_REFUSED_LINGER)
+
     def data_received(self, data: bytes) -> None:
+        if self._over_cap:
+            return  # refused at accept: read and dropped until EOF
         self._conn.receive_data(data)
         self._process()
 
     def eof_received(self) -> bool:
+        if self._over_cap:
+            return False  # the transport closes itself
         if not self._eof:
             self._eof = True
             self._conn.receive_data(b"")
@@ -180,6 +218,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         self._transport = None
         self.deadline = math.inf
+        self._state.sweeper.cancel(self)
         self._hold = 0
         state = self._state
         state.http_connections.discard(self)
@@ -307,7 +346,9 @@ class HttpProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
-        if self._hold & _HOLD_WRITE:
+        if self._over_cap:
+            transport.abort()  # refused at accept and still not gone
+        elif self._hold & _HOLD_WRITE:
             unsent = transport.get_write_buffer_size()
             if unsent != self._unsent:  # the peer took some: a slow reader, not a dead one
                 self._unsent = unsent
@@ -331,9 +372,6 @@ class HttpProtocol(asyncio.Protocol):
     def _dispatch(self, request: HttpRequest) -> None:
         """Admission (connection cap, request rate), then the request itself."""
         state = self._state
-        if self._over_cap:
-            self._refuse(request, state.limiter, Refusal("global", CAP_RETRY_AFTER))
-            return
         rates = state.http_rates
         if rates is not None and self._address is not None:
             wait = rates.take(self._address, state.loop.time())
@@ -524,6 +562,7 @@ class HttpProtocol(asyncio.Protocol):
         self._release_slot()
         self._transport = None
         self.deadline = math.inf
+        state.sweeper.cancel(self)
         write_held = self._hold & _HOLD_WRITE
         transport.set_protocol(proto)
         if self._hold:

@@ -80,6 +80,7 @@ class ServiceEntry:
             return await future
         finally:
             call.release()
+            registry.state.sweeper.cancel(call)
             registry.state.metrics.observe_ipc(self.name, registry.state.loop.time() - started)
 
     def notify(self, msg: Any) -> None:

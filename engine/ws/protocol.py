@@ -430,6 +430,7 @@ class WsProtocol(asyncio.Protocol):
             return
         self._closed = True
         self.deadline = math.inf
+        self._state.sweeper.cancel(self)
         self._out = None
         if self._backlog is not None:
             self._state.metrics.dropped_messages += len(self._backlog)

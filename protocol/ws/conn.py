@@ -41,6 +41,9 @@ from .frames import Opcode, OutboundMessage, encode_close, encode_frame
 
 __all__ = ["WsConn", "WsState"]
 
+#: What a released connection parses with: never fed (CLOSED discards bytes).
+_RELEASED = FrameProtocol(False, [])
+
 
 class WsState(Enum):
     """Where the closing handshake stands (RFC 6455 §7)."""
@@ -152,6 +155,9 @@ class WsConn:
     def release(self) -> None:
         """Drop buffers and the inflater once the connection is gone."""
         self._guard.release()
+        # wsproto's buffer may hold a partial frame (up to a message): a closed
+        # connection may live on briefly (a timer, a task), its bytes must not.
+        self._proto = _RELEASED
         self._parts = None
         self._outgoing = None
         self._state = WsState.CLOSED

@@ -166,9 +166,9 @@ async def test_refusals_are_logged_without_flooding(caplog: pytest.LogCaptureFix
             await close_all([refused])
         await close_all([holder])
         assert engine.metrics.ws_refused["global"] == 30
-    lines = [r.getMessage() for r in caplog.records if "refused WebSocket" in r.getMessage()]
+    lines = [r.getMessage() for r in caplog.records if "refused a connection" in r.getMessage()]
     assert 1 <= len(lines) <= 10  # a burst of 5, then about one a second
-    assert "/echo" in lines[0] and "127.0.0.1" in lines[0]
+    assert "127.0.0.1" in lines[0] and "--max-connections 1" in lines[0]  # before any path
 
 
 async def test_defaults_let_an_ordinary_client_through() -> None:

@@ -456,6 +456,26 @@ async def test_http_connections_count_toward_max_connections() -> None:
         assert engine.metrics.ws_refused["global"] == 1
 
 
+async def test_over_the_cap_a_silent_connection_is_refused_at_once() -> None:
+    # A flood of idle TCP connections must not sit for a header timeout each: over
+    # the cap the 503 and the FIN come before any request, and nothing is kept.
+    async with (
+        running_engine(max_connections=1, header_timeout=30.0) as engine,
+        RawHttp(engine.port) as holder,
+    ):
+        assert (await holder.request("GET", "/health")).status == 200
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with RawHttp(engine.port) as idle:
+            refused = await idle.read_response()  # sent nothing
+            assert refused.status == 503 and refused.closes
+            assert refused.json()["error"]["code"] == "OVERLOADED"
+            await idle.expect_eof(2.0)
+        assert loop.time() - started < 1.0
+        await wait_until(lambda: engine.metrics.http_open == 1, 2, "the refused one gone")
+        assert (await holder.request("GET", "/health")).status == 200
+
+
 async def test_upgrade_keeps_the_slot_of_its_http_connection() -> None:
     async with running_engine(max_connections=1) as engine:
         async with RawHttp(engine.port) as c:

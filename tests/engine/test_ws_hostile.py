@@ -7,6 +7,7 @@ as backpressure: an echo client over the rate is slowed down, never loses a mess
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 
@@ -14,6 +15,7 @@ import pytest
 
 from engine import Engine
 from engine.api.endpoint import WebSocket, WebSocketEndpoint
+from engine.ws.protocol import WsProtocol
 from tests.helpers.proc import engine_process
 from tests.helpers.raw_ws import RawWs, encode_client_frame
 from tests.helpers.server import make_config, running_engine
@@ -204,3 +206,23 @@ async def test_a_throttled_connection_still_completes_its_close_at_shutdown() ->
         await ws.expect_disconnect()  # the engine read our close behind the throttled data
         await asyncio.wait_for(stopping, 2.0)
         assert time.monotonic() - started < 1.0
+
+
+async def test_closed_connections_are_freed_at_once_not_at_their_old_deadline() -> None:
+    """Connections closed 1009 halfway through a large message: none stays alive
+    (the timer wheel used to keep each, and its partial frame, until its heartbeat)."""
+    async with running_engine(echo_paths=("/echo",), heartbeat=60.0) as engine:
+        for _ in range(10):
+            async with RawWs(engine.port) as ws:
+                chunk = b"a" * 65536
+                ws.send_raw(encode_client_frame(TEXT, chunk, fin=False))
+                for _ in range(17):
+                    ws.send_raw(encode_client_frame(CONT, chunk, fin=False))
+                assert await ws.recv_close_code(timeout=5.0) == 1009
+        deadline = time.monotonic() + 3.0
+        while engine.metrics.ws_open:
+            assert time.monotonic() < deadline, "the connections did not close"
+            await asyncio.sleep(0.02)
+        gc.collect()
+        alive = [o for o in gc.get_objects() if isinstance(o, WsProtocol)]
+        assert alive == []
