@@ -1,108 +1,62 @@
-"""``engine``: the command line. Every flag also reads ``LINKD_<FLAG>`` from the environment.
+"""Every flag of ``engine``, its default and its help (engine/cli/parser.py layers them).
 
-engine --listen :3000 --ipc /tmp/linkd.sock --echo /echo
+A flag added here is also a config-file key, a ``LINKD_*`` variable, a line of
+``engine config example`` and a line of ``--help``: nothing else to register.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import logging
-import os
-import sys
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from engine.auth import Authenticator
-from engine.config import Config, parse_listen
-from engine.limits.ratelimit import parse_type_limit
-from engine.limits.slow import parse_rule
-from engine.log import LEVELS, configure_logging
-from engine.server import Engine
+from engine.cli import values
+from engine.cli.parser import Parser
+from engine.config import Config
+from engine.log import LEVELS
 from protocol import Limits
-from protocol.ws import DeflateOptions
 
-__all__ = ["build_parser", "config_from_args", "main"]
-
-
-def _env_name(flag: str) -> str:
-    return "LINKD_" + flag.lstrip("-").upper().replace("-", "_")
+__all__ = ["build_parser"]
 
 
-class _Parser(argparse.ArgumentParser):
-    """Adds ``LINKD_*`` defaults and shows both default and variable in ``--help``."""
-
-    def add(self, flag: str, *, help: str, env: tuple[str, ...] = (), **kwargs: Any) -> None:
-        names = (_env_name(flag), *env)
-        default = kwargs.pop("default", None)
-        for name in names:
-            if name in os.environ:
-                raw = os.environ[name]
-                if kwargs.get("action") == "append":
-                    default = [v for v in raw.split(",") if v]
-                elif kwargs.get("action") == "store_true":
-                    default = raw.lower() in ("1", "true", "yes", "on")
-                else:
-                    try:
-                        default = kwargs.get("type", str)(raw)
-                    except (ValueError, argparse.ArgumentTypeError):
-                        self.error(f"{name}={raw!r} is not a valid value for {flag}")
-                    choices = kwargs.get("choices")
-                    if choices is not None and default not in choices:
-                        self.error(f"{name}={raw!r}: choose from {', '.join(choices)}")
-                break
-        shown = "none" if default is None else default
-        if kwargs.get("action") == "store_true":
-            shown = "off" if not default else "on"
-        help_text = f"{help} [default: {shown}; env: {' or '.join(names)}]"
-        self.add_argument(flag, default=default, help=help_text, **kwargs)
-
-
-def _rule(spec: str) -> tuple[str, str]:
-    """``PATTERN=POLICY`` (checked: ValueError names the bad part)."""
-    pattern, policy = parse_rule(spec)
-    return pattern, policy.label
-
-
-def _uids(value: str) -> tuple[int, ...]:
-    """``1000,1001`` (empty: none)."""
-    try:
-        uids = tuple(int(v) for v in value.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of uids: {value!r}") from None
-    if any(u < 0 for u in uids):
-        raise argparse.ArgumentTypeError(f"not a list of uids: {value!r}")
-    return uids
-
-
-def _size(value: str) -> int:
-    """``1048576``, ``64k``, ``1m``, ``16M``, ``1g``."""
-    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
-    value = value.strip().lower().removesuffix("b").removesuffix("i")
-    if value and value[-1] in units:
-        return int(float(value[:-1]) * units[value[-1]])
-    return int(value)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+def build_parser(
+    file_values: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Parser:
+    """Every flag of ``engine``; defaults from ``file_values`` (a config file's, converted)
+    and ``environ`` (default: ``os.environ``), the environment winning."""
+    p = Parser(
         prog="engine",
         description="Linkd engine: HTTP and WebSocket gateway in front of service workers.",
+        epilog="Subcommands: engine config check FILE | engine config example | "
+        "engine token --sub ID (each with --help).",
+        file_values=file_values,
+        environ=environ,
     )
     d = Config()
     lim = Limits()
-    p.add("--listen", default=":3000", help="HOST:PORT or :PORT to accept clients on")
+    p.add(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="TOML file of settings, keys named like the flags without -- "
+        "(engine config example prints one); flags and LINKD_* variables beat it",
+    )
+    p.add(
+        "--listen",
+        type=values.listen,
+        default=":3000",
+        help="HOST:PORT or :PORT to accept clients on",
+    )
     p.add("--ipc", default="/tmp/linkd.sock", help="Unix socket path for service workers")
     p.add(
         "--ipc-mode",
-        type=lambda v: int(v, 8),
+        type=values.octal,
         default=d.ipc_mode,
         metavar="OCTAL",
         help="permissions of the IPC socket file (0600: only this user)",
     )
     p.add(
         "--ipc-allowed-uids",
-        type=_uids,
+        type=values.uids,
         default=None,
         metavar="UID,...",
         help="users besides the engine's own whose workers may register (SO_PEERCRED)",
@@ -147,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add(
         "--redis",
         default=None,
+        metavar="URL",
         env=("LINKD_REDIS_URL",),
         help="redis://... to share rooms and presence across engine nodes",
     )
@@ -236,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add(
         "--max-message-size",
-        type=_size,
+        type=values.size,
         default=lim.max_message_bytes,
         help="largest WebSocket message after inflation, bytes (1009 above)",
     )
@@ -248,13 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add(
         "--max-body-size",
-        type=_size,
+        type=values.size,
         default=lim.max_body_bytes,
         help="largest HTTP request body, bytes (413 above)",
     )
     p.add(
         "--max-header-size",
-        type=_size,
+        type=values.size,
         default=lim.max_header_bytes,
         help="largest request line plus headers, bytes (431 above)",
     )
@@ -266,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add(
         "--max-outbound-buffer",
-        type=_size,
+        type=values.size,
         default=lim.max_outbound_bytes,
         help="unsent bytes after which a client is a slow consumer (1013)",
     )
@@ -280,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add(
         "--slow-consumer-path",
         action="append",
+        type=values.rule_spec,
         metavar="PATH=POLICY",
         help="the slow-consumer policy of one WebSocket path, e.g. /ws/feed=drop_oldest "
         "(repeatable; env: comma-separated)",
@@ -287,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add(
         "--slow-consumer-event",
         action="append",
+        type=values.rule_spec,
         metavar="TYPE=POLICY",
         help="the policy of emitted events whose type matches (fnmatch), over the path's, "
         "e.g. 'cursor.*=conflate' (repeatable; env: comma-separated)",
@@ -308,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add(
         "--ws-type-limit",
         action="append",
+        type=values.type_limit_spec,
         metavar="TYPE=RATE/BURST",
         help="a per-connection limit for one service message type, e.g. chat.send=5/10 "
         "(repeatable; env: comma-separated)",
@@ -439,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add("--no-compression", action="store_true", default=False, help="refuse permessage-deflate")
     p.add(
         "--compression-threshold",
-        type=_size,
+        type=values.size,
         default=lim.compression_threshold,
         help="messages shorter than this many bytes are sent uncompressed",
     )
@@ -458,146 +416,3 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not log one line per HTTP request",
     )
     return p
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    host, port = parse_listen(args.listen)
-    limits = Limits(
-        max_header_bytes=args.max_header_size,
-        max_body_bytes=args.max_body_size,
-        max_message_bytes=args.max_message_size,
-        max_message_fragments=args.max_message_fragments,
-        max_inbound_queue=args.max_inbound_queue,
-        max_outbound_bytes=args.max_outbound_buffer,
-        compression_threshold=args.compression_threshold,
-    )
-    deflate = DeflateOptions(
-        enabled=not args.no_compression,
-        server_no_context_takeover=not args.allow_server_context_takeover,
-    )
-    type_limits = tuple(parse_type_limit(spec) for spec in args.ws_type_limit or ())
-    slow_paths = tuple(_rule(spec) for spec in args.slow_consumer_path or ())
-    slow_events = tuple(_rule(spec) for spec in args.slow_consumer_event or ())
-    return Config(
-        host=host,
-        port=port,
-        ipc_path=args.ipc or None,
-        ipc_mode=args.ipc_mode,
-        ipc_allowed_uids=args.ipc_allowed_uids or (),
-        request_timeout=args.request_timeout,
-        worker_concurrency=args.worker_concurrency,
-        service_queue=args.service_queue,
-        ipc_heartbeat=args.ipc_heartbeat,
-        echo_paths=tuple(args.echo or ()),
-        services=tuple(args.service or ()),
-        workers=args.workers,
-        redis_url=args.redis,
-        jwt_secret=args.jwt_secret,
-        jwt_public_key=args.jwt_public_key,
-        jwks=args.jwks,
-        jwt_audience=args.jwt_audience,
-        jwt_issuer=args.jwt_issuer,
-        jwt_leeway=args.jwt_leeway,
-        jwt_allow_no_exp=args.jwt_allow_no_exp,
-        close_on_token_expiry=not args.no_close_on_token_expiry,
-        log_level=args.log_level,
-        access_log=not args.no_access_log,
-        heartbeat=args.heartbeat,
-        heartbeat_timeout=args.heartbeat_timeout,
-        header_timeout=args.header_timeout,
-        body_timeout=args.body_timeout,
-        keep_alive_timeout=args.keep_alive_timeout,
-        close_timeout=args.close_timeout,
-        send_timeout=args.send_timeout,
-        shutdown_grace=args.shutdown_grace,
-        drain_batch=args.drain_batch,
-        drain_interval=args.drain_interval,
-        ws_rate=args.ws_rate,
-        ws_burst=args.ws_burst,
-        ws_type_limits=type_limits,
-        slow_consumer=args.slow_consumer,
-        slow_consumer_paths=slow_paths,
-        slow_consumer_events=slow_events,
-        ws_abuse_limit=args.ws_abuse_limit,
-        ws_abuse_window=args.ws_abuse_window,
-        ws_frame_rate=args.ws_frame_rate,
-        ws_frame_burst=args.ws_frame_burst,
-        max_connections=args.max_connections,
-        max_connections_per_ip=args.max_connections_per_ip,
-        max_connections_per_user=args.max_connections_per_user,
-        max_rooms_per_connection=args.max_rooms_per_connection,
-        presence_grace=args.presence_grace,
-        presence_lease=args.presence_lease,
-        history_size=args.history_size,
-        history_ttl=args.history_ttl,
-        recovery_timeout=args.recovery_timeout,
-        recovery_max_held=args.recovery_max_held,
-        new_connections_per_ip=args.new_connections_per_ip,
-        new_connections_burst=args.new_connections_burst,
-        http_rate=args.http_rate,
-        http_burst=args.http_burst,
-        ip_table_size=args.ip_table_size,
-        limits=limits,
-        deflate=deflate,
-    )
-
-
-def _install_uvloop() -> str:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-        return "asyncio"
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return "uvloop"
-
-
-def token_main(argv: Sequence[str]) -> int:
-    """``engine token --sub ID``: print a development token signed with the secret."""
-    parser = argparse.ArgumentParser(
-        prog="engine token",
-        description="Mint a development token (HS256) with --jwt-secret / LINKD_JWT_SECRET.",
-    )
-    parser.add_argument("--sub", required=True, help="the user id (sub claim)")
-    parser.add_argument("--name", help="preferred_username claim")
-    parser.add_argument("--roles", default="", help="comma-separated roles")
-    parser.add_argument("--ttl", type=float, default=3600.0, help="lifetime in seconds")
-    parser.add_argument("--jwt-secret", default=os.environ.get("LINKD_JWT_SECRET"))
-    parser.add_argument("--jwt-audience", default=os.environ.get("LINKD_JWT_AUDIENCE"))
-    parser.add_argument("--jwt-issuer", default=os.environ.get("LINKD_JWT_ISSUER"))
-    args = parser.parse_args(argv)
-    if not args.jwt_secret:
-        parser.error("needs --jwt-secret or LINKD_JWT_SECRET")
-    if not args.ttl > 0:
-        parser.error("--ttl must be positive: a token always expires")
-    authenticator = Authenticator(
-        secret=args.jwt_secret, audience=args.jwt_audience, issuer=args.jwt_issuer
-    )
-    roles = [r for r in args.roles.split(",") if r]
-    print(authenticator.mint(args.sub, name=args.name, roles=roles, ttl=args.ttl))
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["token"]:
-        return token_main(argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        config = config_from_args(args)
-    except ValueError as exc:
-        parser.error(str(exc))
-    configure_logging(config.log_level)
-    loop_name = _install_uvloop()
-    log = logging.getLogger("linkd.server")
-    log.info("linkd %s on %s", config.version, loop_name)
-    try:
-        asyncio.run(Engine(config).serve())
-    except (OSError, ValueError) as exc:
-        print(f"engine: cannot start: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,0 +1,62 @@
+"""``engine``: the command line. Every flag also reads ``LINKD_<FLAG>`` from the
+environment and a key of the ``--config`` file; the command line wins, then the
+environment, then the file, then the built-in default.
+
+engine --listen :3000 --ipc /tmp/linkd.sock --echo /echo
+engine --config linkd.toml
+engine config check linkd.toml | engine config example | engine token --sub ID
+
+The package by job: ``flags`` declares every flag, ``parser`` layers file and
+environment under them, ``values`` converts values, ``configfile`` loads and checks the
+file, ``example`` writes one, ``build`` turns all of it into a ``Config``,
+``config_command`` and ``token`` are the subcommands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from engine.cli.build import config_from_args, load_settings
+from engine.cli.config_command import config_main
+from engine.cli.flags import build_parser
+from engine.cli.token import token_main
+from engine.log import configure_logging
+from engine.server import Engine
+
+__all__ = ["build_parser", "config_from_args", "load_settings", "main", "token_main"]
+
+
+def _install_uvloop() -> str:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["token"]:
+        return token_main(argv[1:])
+    if argv[:1] == ["config"]:
+        return config_main(argv[1:])
+    settings = load_settings(argv)
+    config = settings.config
+    configure_logging(config.log_level)
+    loop_name = _install_uvloop()
+    log = logging.getLogger("linkd.server")
+    if settings.file is not None:
+        logging.getLogger("linkd.config").info("settings from %s", settings.file)
+    for warning in settings.warnings:
+        logging.getLogger("linkd.config").warning("%s", warning)
+    log.info("linkd %s on %s", config.version, loop_name)
+    try:
+        asyncio.run(Engine(config).serve())
+    except (OSError, ValueError) as exc:
+        print(f"engine: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
