@@ -26,6 +26,7 @@ from engine.brokers.base import Broker
 from engine.brokers.history import StreamHistory
 from engine.brokers.local import LocalBroker
 from engine.brokers.presence import Presence, PresenceListener
+from engine.brokers.publish import Publish
 from engine.config import Config
 from engine.core.corker import Corker
 from engine.core.metrics import Metrics
@@ -103,12 +104,13 @@ class Engine:
         """
         state = self.state
         message = prepare(data, state.limits.compression_threshold)
+        publish = Publish(kind="*", payload=message.payload)
         # Iterating the live set is safe: queuing never removes a connection from it
         # (a slow consumer is closed later, in connection_lost).
         if targets is None:
-            return state.hub.fan(message, state.ws_connections)
+            return state.hub.fan(publish, message, state.ws_connections)
         # Every WebSocket handed out is a WsProtocol, which is also a hub Member.
-        return state.hub.fan(message, cast("Iterable[Member]", targets))
+        return state.hub.fan(publish, message, cast("Iterable[Member]", targets))
 
     def on_presence(self, listener: PresenceListener) -> PresenceListener:
         """Call ``listener(user_id, username, online)`` when a user comes or goes.

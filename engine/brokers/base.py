@@ -3,19 +3,20 @@
 The hub keeps the local side (which connection is in which room) and asks its
 broker to publish. ``LocalBroker`` (the default, one node) numbers the event in
 memory and hands it straight back to the hub for delivery. ``RedisBroker``
-(engine/redis_broker.py) numbers it in Redis and every node, the publishing one
+(engine/brokers/redis.py) numbers it in Redis and every node, the publishing one
 included, delivers it when it comes back on a Redis channel, so all nodes see one
-order per room. Both tell the hub ``deliver(...)``; both answer recoveries
-(``send_recovery``, or ``recovery_failed`` when they cannot).
+order per room. Both hand the hub a ``Publish`` (engine/brokers/publish.py) to
+``deliver``; both answer recoveries (``send_recovery``, or ``recovery_failed`` when they
+cannot).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
 from typing import Any, Protocol
 
 from engine.brokers.history import Recovery
+from engine.brokers.publish import Publish
 
 __all__ = ["FIELDS", "Broker", "Conn", "Sink"]
 
@@ -31,17 +32,8 @@ Conn = Any
 class Sink(Protocol):
     """What a broker delivers into: the hub (engine/hub/hub.py) implements it."""
 
-    def deliver(
-        self,
-        kind: str,
-        name: str,
-        payload: bytes,
-        seq: int | None,
-        exclude: Iterable[int],
-        event: str | None,
-        started: float,
-    ) -> int:
-        """Queue a numbered (or, ``seq`` None, unnumbered) event to the local connections."""
+    def deliver(self, publish: Publish) -> int:
+        """Queue a published event to the local connections; returns how many took it."""
 
     def send_recovery(self, ws: Conn, kind: str, name: str, found: Recovery) -> None:
         """What ``ws`` missed of the stream, then the verdict."""
@@ -66,16 +58,10 @@ class Broker(Protocol):
 
     async def stop(self) -> None: ...
 
-    def publish(
-        self,
-        kind: str,
-        name: str,
-        payload: bytes,
-        exclude: Iterable[int],
-        event: str | None,
-        started: float,
-    ) -> None:
-        """Publish to a room (``"r"``), a user (``"u"``) or everyone (``"*"``, name "")."""
+    def publish(self, publish: Publish) -> None:
+        """Number (rooms, users) and deliver ``publish`` on every node concerned; its
+        kind is a room (``"r"``), a user (``"u"``) or everyone (``"*"``), never one
+        connection (the hub delivers those itself)."""
 
     def watch(self, kind: str, name: str) -> None:
         """The first local connection joined this room / of this user: receive its events."""

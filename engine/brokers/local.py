@@ -4,10 +4,10 @@ at once."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
 
 from engine.brokers.base import FIELDS, Conn, Sink
 from engine.brokers.history import Recovery, StreamHistory
+from engine.brokers.publish import Publish
 
 __all__ = ["PRUNE_INTERVAL", "LocalBroker"]
 
@@ -45,21 +45,14 @@ class LocalBroker:
     def attach(self, hub: Sink) -> None:
         self._hub = hub
 
-    def publish(
-        self,
-        kind: str,
-        name: str,
-        payload: bytes,
-        exclude: Iterable[int],
-        event: str | None,
-        started: float,
-    ) -> None:
+    def publish(self, publish: Publish) -> None:
         assert self._hub is not None
-        field = FIELDS.get(kind)
+        field = FIELDS.get(publish.kind)
         if field is not None:
-            payload = self.history.append(f"{kind}:{name}", payload, field, name)
-        # No seq for the hub: recoveries here are synchronous, nothing is held back.
-        self._hub.deliver(kind, name, payload, None, exclude, event, started)
+            # No seq for the hub: recoveries here are synchronous, nothing is held back.
+            stamped = self.history.append(publish.stream, publish.payload, field, publish.name)
+            publish = publish.stamped(stamped)
+        self._hub.deliver(publish)
 
     def watch(self, kind: str, name: str) -> None:
         return None

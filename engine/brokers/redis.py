@@ -29,7 +29,6 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -40,6 +39,7 @@ from redis.exceptions import RedisError
 
 from engine.brokers.base import FIELDS, Conn, Sink
 from engine.brokers.history import Recovery, new_epoch
+from engine.brokers.publish import Kind, Publish
 
 if TYPE_CHECKING:
     from engine.config import Config
@@ -220,38 +220,22 @@ class RedisBroker:
             future.set_result(None)
 
     # ------------------------------------------------------------- publish
-    def publish(
-        self,
-        kind: str,
-        name: str,
-        payload: bytes,
-        exclude: Iterable[int],
-        event: str | None,
-        started: float,
-    ) -> None:
-        excluded = list(exclude)
+    def publish(self, publish: Publish) -> None:
         if not self.healthy or len(self._ops) >= MAX_QUEUED:
             # Redis unreachable, or too far behind to queue more: this node only.
             if self.healthy and not self._overflowing:
                 log.warning("%d operations waiting for Redis: delivering locally", MAX_QUEUED)
             self._overflowing = self.healthy
-            self._deliver_locally(kind, name, payload, excluded, event, started)
+            self._deliver_locally(publish)
             return
         self._overflowing = False
-        self._queue(("pub", kind, name, payload, excluded, event, started))
+        self._queue(("pub", publish))
 
-    def _deliver_locally(
-        self,
-        kind: str,
-        name: str,
-        payload: bytes,
-        exclude: list[int],
-        event: str | None,
-        started: float,
-    ) -> None:
+    def _deliver_locally(self, publish: Publish) -> None:
+        """This node's connections only, unnumbered (they cannot be recovered)."""
         assert self._hub is not None
         self._metrics.count_broker_fallback()
-        self._hub.deliver(kind, name, payload, None, exclude, event, started)
+        self._hub.deliver(publish)
 
     def _queue(self, op: tuple[Any, ...]) -> None:
         self._ops.append(op)
@@ -319,20 +303,22 @@ class RedisBroker:
 
     async def _send_publishes(self) -> None:
         assert self._redis is not None
-        batch: list[tuple[Any, ...]] = []
+        batch: list[Publish] = []
         while self._ops and self._ops[0][0] == "pub" and len(batch) < _BATCH:
-            batch.append(self._ops.popleft())
+            batch.append(self._ops.popleft()[1])
         pipe = self._redis.pipeline(transaction=False)
-        for _, kind, name, payload, excluded, event, _started in batch:
-            header = orjson.dumps(excluded), orjson.dumps(event)
+        for publish in batch:
+            # On the channel: '[node, exclude, event, seq]\n' + body (as _PUBLISH sends it).
+            header = orjson.dumps(publish.exclude), orjson.dumps(publish.event)
+            kind, name = publish.kind, publish.name
             if kind == "*":
-                envelope = b'["%s",%s,%s,null]\n' % (self.node.encode(), *header) + payload
+                envelope = b'["%s",%s,%s,null]\n' % (self.node.encode(), *header) + publish.payload
                 pipe.publish(b"lk:*", envelope)
                 continue
             seq_key, epoch_key, hist_key = _keys(kind, name)
             args = (
                 _channel(kind, name),
-                payload,
+                publish.payload,
                 FIELDS[kind],
                 orjson.dumps(name),
                 self._size,
@@ -348,12 +334,12 @@ class RedisBroker:
             results = await pipe.execute()
         except (RedisError, OSError):
             # Not published: this node's connections still get them (unnumbered).
-            for _, kind, name, payload, excluded, event, started in batch:
-                self._deliver_locally(kind, name, payload, excluded, event, started)
+            for publish in batch:
+                self._deliver_locally(publish.later())
             raise
-        for op, result in zip(batch, results, strict=True):
-            channel = _channel(op[1], op[2])
-            seq = int(result) if op[1] != "*" else 0
+        for publish, result in zip(batch, results, strict=True):
+            channel = _channel(publish.kind, publish.name)
+            seq = int(result) if publish.kind != "*" else 0
             if seq and channel in self._confirmed and self._delivered.get(channel, 0) < seq:
                 self._echoes[channel] = max(seq, self._echoes.get(channel, 0))
 
@@ -371,7 +357,7 @@ class RedisBroker:
         while self._ops:
             op = self._ops.popleft()
             if op[0] == "pub":
-                self._deliver_locally(*op[1:])
+                self._deliver_locally(op[1].later())
             elif op[0] == "recover":
                 self._hub.recovery_failed(op[1], op[2], op[3])
             elif op[0] == "fence" and not op[1].done():
@@ -422,10 +408,9 @@ class RedisBroker:
         except (orjson.JSONDecodeError, ValueError):
             log.warning("malformed message on %r dropped", channel)
             return
-        if channel == b"lk:*":
-            stream_kind, name = "*", ""
-        else:
-            stream_kind, name = channel[3:4].decode(), channel[5:].decode()
+        # Built back from the wire, once: ``lk:*``, ``lk:r:<room>``, ``lk:u:<user>``.
+        target: Kind = "*" if channel == b"lk:*" else "r" if channel[3:4] == b"r" else "u"
+        name = "" if target == "*" else channel[5:].decode()
         if seq is not None:
             self._delivered[channel] = seq
             if channel in self._echoes and self._echoes[channel] <= seq:
@@ -433,13 +418,15 @@ class RedisBroker:
                 self._echoed.set()
         assert self._hub is not None
         self._hub.deliver(
-            stream_kind,
-            name,
-            body,
-            seq,
-            excluded if node == self.node else (),
-            event,
-            time.perf_counter(),
+            Publish(
+                kind=target,
+                name=name,
+                payload=body,
+                # Exclusions are connection ids of the node that published.
+                exclude=tuple(excluded) if excluded and node == self.node else (),
+                event=event,
+                seq=seq,
+            )
         )
 
     # ------------------------------------------------------------- recovery

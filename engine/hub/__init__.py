@@ -1,1 +1,1 @@
-"""Rooms, connections by id and by user, the Publish value, fan-out."""
+"""Rooms, connections by id and by user, the local delivery and fan-out of a publish."""

@@ -30,25 +30,25 @@ def prepare(data: str | bytes, compression_threshold: int = 128) -> OutboundMess
 def fanout(
     message: OutboundMessage,
     targets: Iterable[Member],
-    exclude: Member | None = None,
     policy: Policy | None = None,
     key: str | None = None,
-    write_through: bool = False,
+    write_now: bool = False,
 ) -> int:
-    """Queue ``message`` to every target except ``exclude``; returns how many took it.
+    """Queue ``message`` to every target; returns how many took it.
 
     ``policy``/``key``: the slow-consumer policy of this message's event type and its
-    conflation key (engine/slow.py); None: each connection's path policy applies.
-    ``write_through``: write each connection's frames now rather than at the end of
-    the loop iteration (lower latency for a lone publish, more system calls).
+    conflation key (engine/limits/slow.py); None: each connection's path policy applies.
+    ``write_now``: write each connection's frame now rather than at the end of the
+    loop iteration (``Publish.write_now``: lower latency for a lone publish, more
+    system calls).
     """
     delivered = 0
-    if write_through:
+    if write_now:
         for ws in targets:
-            if ws is not exclude and ws.send_now(message, policy, key):
+            if ws.send_now(message, policy, key):
                 delivered += 1
         return delivered
     for ws in targets:
-        if ws is not exclude and ws.send_prepared(message, policy, key):
+        if ws.send_prepared(message, policy, key):
             delivered += 1
     return delivered

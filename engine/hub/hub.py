@@ -1,8 +1,10 @@
 """Hub: which connection is in which room, by id and by user; local fan-out.
 
 The local side of one engine node. Rooms are global (any service may emit to any
-room); a publish goes through the broker (engine/broker.py), which numbers it and
-brings it back to ``deliver`` on every node that has a connection concerned.
+room); a publish (one ``Publish`` value, engine/brokers/publish.py) goes through the
+broker (engine/brokers/), which numbers it and brings it back to ``deliver`` on every
+node that has a connection concerned; ``fan`` queues it to them (docs/architecture.md,
+"Path of a publish").
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import orjson
 from engine.brokers.base import FIELDS, Broker
 from engine.brokers.history import Recovery
 from engine.brokers.presence import Presence
+from engine.brokers.publish import Publish
 from engine.hub.fanout import fanout
 from engine.hub.member import Member
 from engine.limits.slow import PolicyTable
@@ -45,7 +48,6 @@ class Hub:
         "rooms",
         "slow",
         "users",
-        "write_through",
     )
 
     def __init__(
@@ -63,16 +65,13 @@ class Hub:
         self.users: dict[str, set[Member]] = {}
         #: Told when a user's first connection opens and their last one closes.
         self.presence = presence
-        #: Slow-consumer policies of event types (engine/slow.py).
+        #: Slow-consumer policies of event types (engine/limits/slow.py).
         self.slow = slow or PolicyTable()
         self._metrics = metrics
         self._corker = corker
-        #: Numbers publishes and brings them to ``deliver`` (engine/broker.py).
+        #: Numbers publishes and brings them to ``deliver`` (engine/brokers/).
         self.broker: Broker = broker
         self.compression_threshold = compression_threshold
-        #: Write each delivery at once instead of corking it (a lone publish on an idle
-        #: engine: set by the IPC shell around that one emit).
-        self.write_through = False
         #: Streams with a recovery in flight: ``"r:room"`` → connection → its wait
         #: (the position it asked from, the live events held back until its missed
         #: ones are sent, its deadline).
@@ -301,62 +300,39 @@ class Hub:
         return [found[user] for user in sorted(found)]
 
     # --------------------------------------------------------------- fan-out
-    def publish(
-        self,
-        payload: bytes,
-        *,
-        room: str | None = None,
-        user: str | None = None,
-        conn: int | None = None,
-        everyone: bool = False,
-        exclude: Iterable[int] = (),
-        event: str | None = None,
-    ) -> None:
-        """A JSON event ``{"type", "data"}`` from a service, to one kind of target.
+    def publish(self, publish: Publish) -> None:
+        """A JSON event ``{"type", "data"}`` from a service, to its one target.
 
         To a room or a user it is numbered (and kept for recovery) by the broker,
         which may deliver it later (Redis: when it comes back from the channel).
         """
-        started = time.perf_counter()
-        target = _target(room, user, conn, everyone)
-        if target is None:
-            return
-        kind, name = target
-        if kind == "c":  # a worker only knows its own node's connections
-            self.deliver(kind, name, payload, None, exclude, event, started)
+        if publish.kind == "c":  # a worker only knows its own node's connections
+            self.deliver(publish)
         else:
-            self.broker.publish(kind, name, payload, exclude, event, started)
+            self.broker.publish(publish)
 
-    def deliver(
-        self,
-        kind: str,
-        name: str,
-        payload: bytes,
-        seq: int | None,
-        exclude: Iterable[int],
-        event: str | None,
-        started: float,
-    ) -> int:
+    def deliver(self, publish: Publish) -> int:
         """Queue a published event to the local connections concerned (the broker's
-        callback). ``seq``: its number in its stream (held back for recoveries)."""
-        targets = self._targets(kind, name)
+        callback). ``publish.seq``: its number, for the recoveries holding it back."""
+        targets = self._targets(publish)
         if self.pending:
-            waiting = self.pending.get(f"{kind}:{name}")
+            waiting = self.pending.get(publish.stream)
             if waiting:
                 # Unnumbered ones too (Redis unreachable): nothing overtakes what is held.
                 cap = self.broker.max_held
+                held = (publish.seq, publish.payload)
                 over = []
                 for ws, wait in waiting.items():
-                    wait.held.append((seq, payload))
+                    wait.held.append(held)
                     if len(wait.held) > cap:
                         over.append(ws)
                 targets = [ws for ws in targets if ws not in waiting]
                 for ws in over:  # held too much: given up, what was held goes out now
-                    self._give_up(ws, kind, name, "too many live events held")
+                    self._give_up(ws, publish.kind, publish.name, "too many live events held")
         message = OutboundMessage(
-            payload, text=True, compression_threshold=self.compression_threshold
+            publish.payload, text=True, compression_threshold=self.compression_threshold
         )
-        return self.fan(message, targets, kind, name, exclude, event, started, kind in FIELDS)
+        return self.fan(publish, message, targets, numbered=publish.kind in FIELDS)
 
     def emit(
         self,
@@ -369,27 +345,36 @@ class Hub:
         exclude: Iterable[int] = (),
         event: str | None = None,
     ) -> int:
-        """Deliver to one target kind, minus ``exclude`` (connection ids).
+        """Deliver a pre-built message on this node, to one target kind, minus
+        ``exclude`` (connection ids): the embedders' emit (docs/embedding.md). Not
+        numbered, not sent to other nodes; ``publish`` is the services' path.
 
         ``event``: the event type, for its slow-consumer policy and conflation key.
         """
-        started = time.perf_counter()
-        target = _target(room, user, conn, everyone)
-        if target is None:
-            return 0
-        kind, name = target
-        return self.fan(message, self._targets(*target), kind, name, exclude, event, started)
+        try:
+            publish = Publish.to(
+                message.payload,
+                room=room,
+                user=user,
+                conn=conn,
+                everyone=everyone,
+                exclude=exclude,
+                event=event,
+            )
+        except ValueError:
+            return 0  # no target: nobody
+        return self.fan(publish, message, self._targets(publish))
 
-    def _targets(self, kind: str, name: str) -> Iterable[Member]:
-        """The local connections of a room ``r``, a user ``u``, one connection ``c``
-        (its id as text) or everyone ``*``."""
+    def _targets(self, publish: Publish) -> Iterable[Member]:
+        """The local connections of the publish's room, user, connection or everyone."""
+        kind = publish.kind
         if kind == "r":
-            return self.rooms.get(name, ())
+            return self.rooms.get(publish.name, ())
         if kind == "u":
-            return self.users.get(name, ())
+            return self.users.get(publish.name, ())
         if kind == "*":
             return self.by_id.values()
-        ws = self.by_id.get(int(name))
+        ws = self.by_id.get(publish.conn) if publish.conn is not None else None
         return (ws,) if ws is not None else ()
 
     def _skip(self, payload: bytes, excluded: list[Member], field: bytes) -> None:
@@ -408,55 +393,39 @@ class Hub:
 
     def fan(
         self,
+        publish: Publish,
         message: OutboundMessage,
         targets: Iterable[Member],
-        kind: str = "*",
-        name: str = "",
-        exclude: Iterable[int] = (),
-        event: str | None = None,
-        started: float | None = None,
+        *,
         numbered: bool = False,
     ) -> int:
-        """Queue ``message`` to ``targets`` minus ``exclude``, counting it in the
-        metrics; ``kind``/``name``/``event`` select its slow-consumer policy and key."""
-        if started is None:
-            started = time.perf_counter()
-        if exclude:
-            excluded = set(exclude)
+        """Queue ``message`` (the frame of ``publish``, built once) to ``targets`` minus
+        the publish's exclusions, counting it in the metrics. Its kind, target and
+        event select the slow-consumer policy and key; ``numbered``: it came through
+        the broker, so excluded connections of a room or user stream are told its
+        number."""
+        if publish.exclude:
+            excluded = set(publish.exclude)
             kept: list[Member] = []
             skipped: list[Member] = []
             for ws in targets:
                 (skipped if ws.id in excluded else kept).append(ws)
             targets = kept
             if skipped and numbered:
-                self._skip(message.payload, skipped, FIELDS[kind])
+                self._skip(message.payload, skipped, FIELDS[publish.kind])
         policy = key = None
+        event = publish.event
         if event is not None and self.slow.lossy:
             policy = self.slow.for_event(event)
-            key = f"{kind}:{name}\x00{event}"
-        delivered = fanout(message, targets, None, policy, key, self.write_through)
+            key = f"{publish.stream}\x00{event}"
+        delivered = fanout(message, targets, policy, key, publish.write_now)
         metrics = self._metrics
         if metrics is not None:
             metrics.fanout_publishes += 1
             metrics.fanout_deliveries += delivered
             if delivered and self._corker is not None:
-                self._corker.published(started)
+                self._corker.published(publish.started)
         return delivered
-
-
-def _target(
-    room: str | None, user: str | None, conn: int | None, everyone: bool
-) -> tuple[str, str] | None:
-    """The one target of an emit as ``(kind, name)``; rooms first, as documented."""
-    if room is not None:
-        return "r", room
-    if user is not None:
-        return "u", user
-    if everyone:
-        return "*", ""
-    if conn is not None:
-        return "c", str(conn)
-    return None
 
 
 class _Waiting:

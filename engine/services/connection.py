@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 import orjson
 from redis.exceptions import RedisError
 
+from engine.brokers.publish import Publish
 from engine.services.peer import peer_refusal
 from protocol import LocalProtocolError
 from protocol.ipc import IpcConn, IpcError, IpcProtocolError, Role
@@ -99,24 +100,14 @@ class IpcProtocol(asyncio.Protocol):
                 batch.append(msg)
         except IpcProtocolError as exc:
             failure = exc  # what came before it is still applied, in order
-        # One emit in this read, nothing corked yet this iteration: the engine is not
-        # busy, so its frames are written as they are queued (subscribers are served
-        # from the first write on) instead of all at the end of the iteration. Several
-        # emits in one read are corked together: one system call per subscriber.
-        emits = sum(1 for msg in batch if isinstance(msg, m.Emit))
-        hub = self._state.hub
+        # A lone emit in this read may be written at once (``Publish.write_now``);
+        # several are corked together: one system call per subscriber for all of them.
+        lone = sum(1 for msg in batch if isinstance(msg, m.Emit)) == 1
         for msg in batch:
             if self._transport is None:
                 return
             try:
-                if emits == 1 and isinstance(msg, m.Emit) and self._state.corker.idle:
-                    hub.write_through = True
-                    try:
-                        self._dispatch(msg)
-                    finally:
-                        hub.write_through = False
-                else:
-                    self._dispatch(msg)
+                self._dispatch(msg, lone)
             except IpcProtocolError as exc:
                 failure = exc
                 break
@@ -198,7 +189,8 @@ class IpcProtocol(asyncio.Protocol):
             self.worker.on_reply(reply)
 
     # ------------------------------------------------------------- dispatch
-    def _dispatch(self, msg: Any) -> None:
+    def _dispatch(self, msg: Any, lone_emit: bool = False) -> None:
+        """Apply one message; ``lone_emit``: it is the only emit of its read."""
         hub = self._state.hub
         if isinstance(msg, m.Reply):
             # These bytes are pasted into client text frames: they must be UTF-8.
@@ -211,14 +203,21 @@ class IpcProtocol(asyncio.Protocol):
             targets = (msg.room, msg.user, msg.conn)
             if sum(t is not None for t in targets) + msg.everyone != 1:
                 raise IpcProtocolError(IpcError.BAD_FIELD, "emit needs exactly one target")
+            # The only emit of its read and nothing corked yet this iteration: the
+            # engine is not busy, so its frames are written as they are queued
+            # (subscribers are served from the first write on) instead of all at the
+            # end of the iteration.
             hub.publish(
-                msg.payload,
-                room=msg.room,
-                user=msg.user,
-                conn=msg.conn,
-                everyone=msg.everyone,
-                exclude=msg.exclude,
-                event=msg.event,
+                Publish.to(
+                    msg.payload,
+                    room=msg.room,
+                    user=msg.user,
+                    conn=msg.conn,
+                    everyone=msg.everyone,
+                    exclude=msg.exclude,
+                    event=msg.event,
+                    write_now=lone_emit and self._state.corker.idle,
+                )
             )
         elif isinstance(msg, m.Join):
             ws = hub.by_id.get(msg.conn)

@@ -15,6 +15,7 @@ import pytest
 from engine import Engine
 from engine.api.endpoint import WebSocket, WebSocketEndpoint
 from engine.brokers.history import StreamHistory, parse_recover, stamp
+from engine.brokers.publish import Publish
 from tests.helpers.raw_ws import RawWs
 from tests.helpers.server import make_config
 
@@ -127,9 +128,9 @@ class Rooms(WebSocketEndpoint):
         target, _, text = str(data).partition(" ")
         event = orjson.dumps({"type": "said", "data": text})
         if target.startswith("@"):
-            self.engine.state.hub.publish(event, user=target[1:])
+            self.engine.state.hub.publish(Publish.to(event, user=target[1:]))
         else:
-            self.engine.state.hub.publish(event, room=target)
+            self.engine.state.hub.publish(Publish.to(event, room=target))
 
 
 @asynccontextmanager
