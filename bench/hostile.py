@@ -270,6 +270,18 @@ def build_parser() -> argparse.ArgumentParser:
     a("--header-timeout", type=float, help="engine --header-timeout/--body-timeout (3; quick 2)")
     a("--max-connections", type=int, help="engine --max-connections (1000; quick 400)")
     a("--max-connections-per-ip", type=int, help="engine's per-IP cap (100; quick 64)")
+    a(
+        "--new-connections-per-ip",
+        type=float,
+        default=20.0,
+        help="engine's new WebSockets per second per address (20; 0: off)",
+    )
+    a(
+        "--new-connections-burst",
+        type=float,
+        default=100.0,
+        help="engine's burst of those (100: the 50 clients connect at once from one address)",
+    )
     limits = Limits()
     a("--max-message-size", type=int, default=limits.max_message_bytes, help="engine's")
     a("--max-outbound-buffer", type=int, default=limits.max_outbound_bytes, help="engine's")
@@ -340,6 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--setups takes echo,service; --clients and --rate must be positive")
     if args.max_connections_per_ip and args.max_connections_per_ip < args.clients + 2:
         parser.error("--max-connections-per-ip must leave room for the clients on 127.0.0.1")
+    if args.new_connections_per_ip and args.new_connections_burst < args.clients + 2:
+        parser.error("--new-connections-burst must let the clients on 127.0.0.1 connect at once")
     wanted = {s.strip() for s in args.phases.split(",") if s.strip()}
     cores = os.cpu_count() or 1
     for flag in ("engine_cpu", "load_cpu"):

@@ -401,9 +401,11 @@ async def bad_tokens(spec: AttackSpec, deadline: float) -> dict[str, Any]:
     total: Counter[str] = Counter()
     for counts in outcomes.values():
         total.update(counts)
-    not_401 = sorted(name for name, c in outcomes.items() if set(c) - {"401"})
+    # 429: a per-address limit refused the upgrade before its token was looked at
+    # (caps come first: a flood costs no signature checks). Refused either way.
+    not_401 = sorted(name for name, c in outcomes.items() if set(c) - {"401", "429"})
     return {
-        "summary": f"{attempts:,} requests: {top(total)}; not 401: "
+        "summary": f"{attempts:,} requests: {top(total)}; not 401/429: "
         + (", ".join(not_401) if not_401 else "none"),
         "attempts": attempts,
         "outcomes": {k: dict(v) for k, v in outcomes.items()},

@@ -86,6 +86,8 @@ def start_engine(setup: str, port: int, args: argparse.Namespace, tmp: Path) -> 
         "--header-timeout", str(args.header_timeout), "--body-timeout", str(args.header_timeout),
         "--max-connections", str(args.max_connections),
         "--max-connections-per-ip", str(args.max_connections_per_ip),
+        "--new-connections-per-ip", str(args.new_connections_per_ip),
+        "--new-connections-burst", str(args.new_connections_burst),
         "--max-message-size", str(args.max_message_size),
         "--max-outbound-buffer", str(args.max_outbound_buffer),
         "--max-header-size", str(args.max_header_size),

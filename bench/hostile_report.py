@@ -24,8 +24,10 @@ from protocol.limits import Limits
 __all__ = ["after_table", "build_rows", "phase_bound", "table"]
 
 MIB = 1 << 20
-#: Close codes that mean "refused as the design table says" (DESIGN §2).
+#: Close codes that mean "refused as the design table says" (docs/clients.md).
 _REFUSAL_CODES = {"1002", "1003", "1007", "1008", "1009"}
+#: The upgrade itself refused by a per-address limit: the attack never got a socket.
+_UPGRADE_REFUSED = {"upgrade 429", "upgrade 503"}
 
 
 def _budgets(args: argparse.Namespace) -> tuple[int, int]:
@@ -77,7 +79,8 @@ def _wanted(attack: str, result: dict[str, Any], log: dict[str, int], args: Any)
             f"{kind}→{outcome}"
             for kind, counts in result["outcomes"].items()
             for outcome in counts
-            if outcome not in _REFUSAL_CODES and outcome not in ("cut off", "answered, kept open")
+            if outcome not in _REFUSAL_CODES | _UPGRADE_REFUSED
+            and outcome not in ("cut off", "answered, kept open")
         )
         return "yes" if not bad else "no: " + ", ".join(bad[:4]) + (" …" if len(bad) > 4 else "")
     if attack == "conn-flood":

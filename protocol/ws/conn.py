@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from enum import Enum
 from typing import cast
 
-from wsproto.frame_protocol import FrameProtocol, ParseFailed
+from wsproto.frame_protocol import Frame, FrameProtocol, ParseFailed
 from wsproto.frame_protocol import Opcode as WsOpcode
 
 from ..codes import CloseCode
@@ -77,6 +77,7 @@ class WsConn:
         "_state",
         "_text",
         "deflate",
+        "stalled",
     )
 
     def __init__(
@@ -88,6 +89,8 @@ class WsConn:
     ) -> None:
         self._limits = limits
         self.deflate = deflate
+        #: The last ``events(limit)`` stopped at its limit: frames may wait unparsed.
+        self.stalled = False
         self._guard = InboundGuard(
             limits.max_message_bytes,
             deflate,
@@ -172,17 +175,24 @@ class WsConn:
         else:
             self._proto.receive_bytes(data)
 
-    def events(self) -> Iterator[WsEvent]:
+    def events(self, limit: int = 0) -> Iterator[WsEvent]:
         """Parse what was received into events; replies owed are in ``data_to_send()``.
 
         A generator on purpose: a message that precedes a protocol error must be
         handled (and answered) before the failure changes the connection's state,
         so events are produced one at a time as the caller consumes them.
+
+        ``limit``: parse at most that many frames (0: all there are); when it is
+        reached ``stalled`` is True and the rest stays buffered for the next call.
+        One read can carry tens of thousands of tiny frames: a caller that serves
+        many connections takes them a turn at a time instead of in one long stall.
         """
         if self._state is WsState.CLOSED:
             return
+        self.stalled = False
+        frames = self._proto.received_frames() if limit <= 0 else self._frames(limit)
         try:
-            for frame in self._proto.received_frames():
+            for frame in frames:
                 opcode = frame.opcode
                 if opcode is WsOpcode.TEXT or opcode is WsOpcode.BINARY:
                     if self._state is not WsState.OPEN:
@@ -223,6 +233,8 @@ class WsConn:
         except ParseFailed as exc:
             yield self._fail(int(exc.code), str(exc))
             return
+        if self.stalled:
+            return  # frames may be left: the EOF comes after them
         if self._eof:
             # "If _The WebSocket Connection is Closed_ and no Close control frame was
             # received ... _The WebSocket Connection Close Code_ is considered to be
@@ -230,6 +242,13 @@ class WsConn:
             self._parts = None
             self._state = WsState.CLOSED
             yield PeerClosed(CloseCode.ABNORMAL, "")
+
+    def _frames(self, limit: int) -> Iterator[Frame]:
+        for count, frame in enumerate(self._proto.received_frames(), 1):
+            yield frame
+            if count >= limit:
+                self.stalled = True  # wsproto keeps its place: the next call resumes
+                return
 
     def _owe(self, frame: bytes) -> None:
         if self._outgoing is None:

@@ -154,3 +154,42 @@ def test_frame_allowance_can_be_refilled_between_reads() -> None:
     for _ in range(10):
         conn.frame_allowance = 2
         assert len(feed(conn, encode_client_frame(PING, b"") * 2)) == 2
+
+
+# ------------------------------------------------- frames per call (turns)
+def test_a_limit_parses_that_many_frames_and_resumes_where_it_stopped() -> None:
+    conn = make_conn()
+    pings = b"".join(encode_client_frame(PING, b"%d" % i) for i in range(10))
+    conn.receive_data(pings + encode_client_frame(TEXT, b"after"))
+    first = list(conn.events(4))
+    assert [e.payload for e in first if isinstance(e, PingReceived)] == [b"0", b"1", b"2", b"3"]
+    assert conn.stalled
+    rest = list(conn.events(4))
+    assert [e.payload for e in rest if isinstance(e, PingReceived)] == [b"4", b"5", b"6", b"7"]
+    last = list(conn.events(4))
+    assert [type(e) for e in last] == [PingReceived, PingReceived, TextMessage]
+    assert last[-1].data == "after"
+    assert not conn.stalled
+    assert len(parse_server_frames(b"".join(conn.data_to_send()))) == 10  # every pong
+
+
+def test_a_fragmented_message_spans_calls_and_the_eof_waits_for_its_frames() -> None:
+    conn = make_conn()
+    conn.receive_data(fragmented(TEXT, [b"a", b"b", b"c", b"d", b"e"]))
+    conn.receive_data(None)  # EOF right behind them
+    seen: list[WsEvent] = []
+    calls = 0
+    while True:
+        calls += 1
+        seen += conn.events(2)
+        if not conn.stalled:
+            break
+    assert calls == 3
+    assert isinstance(seen[0], TextMessage) and seen[0].data == "abcde"
+    assert [type(e).__name__ for e in seen] == ["TextMessage", "PeerClosed"]
+
+
+def test_no_limit_parses_everything() -> None:
+    conn = make_conn()
+    conn.receive_data(b"".join(encode_client_frame(PING, b"") for _ in range(1000)))
+    assert len(list(conn.events())) == 1000 and not conn.stalled
