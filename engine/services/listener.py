@@ -1,6 +1,6 @@
 """The Unix socket workers connect to: created private (0600), stale files replaced,
 a live engine on the same path never displaced, a risky directory reported. Each
-connecting worker's user is checked (engine/peer.py, in IpcProtocol)."""
+connecting worker's user is checked (engine/services/peer.py, in IpcProtocol)."""
 
 from __future__ import annotations
 
