@@ -27,6 +27,10 @@ Scenarios (``--scenarios``):
 ``idle``
     ``--idle`` (100, 1 000, 10 000) connections that subscribed and then stay silent:
     the server's RSS growth per connection after ``--settle`` s.
+``tls``
+    ``saturation`` over TLS 1.3 (``--tls-subscribers``, 1 000): every server loads the
+    same self-signed ECDSA P-256 certificate (``bench/fanout_tls.py``), linkd with
+    ``--tls-cert/--tls-key``, the peers with an ``ssl.SSLContext``; the load decrypts.
 
 The load (``bench/fanout_load.py``) runs in separate processes pinned to the load
 core (``--load-cpu``, 1), the orchestrator too: subscriber processes (``--load-procs``)
@@ -123,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--subscribers", type=_ints, default=[100, 1000, 10000], help="saturation (100,1000,10000)"
     )
     p.add_argument("--deflate-subscribers", type=_ints, default=[1000], help="deflate (1000)")
+    p.add_argument("--tls-subscribers", type=_ints, default=[1000], help="tls (1000)")
     p.add_argument(
         "--rates",
         type=_rates,
@@ -189,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     if args.quick:
         args.subscribers, args.deflate_subscribers, args.idle = [1000], [1000], [1000]
+        args.tls_subscribers = [1000]
         args.rates = [(1000, 20.0)]
         args.duration, args.warmup, args.settle = 2.0, 1.0, 1.0
     cores = os.cpu_count() or 1
@@ -279,6 +285,12 @@ def _write(
         "idle: RSS growth of the server (linkd: engine + worker; 'main process only': the"
         f" engine) per connection, {args.settle:g} s after the last one subscribed",
     ]
+    if "tls" in args.scenarios:
+        notes.append(
+            "tls: saturation over TLS 1.3 (the load offers nothing older), every server with"
+            " the same self-signed ECDSA P-256 certificate (bench/fanout_tls.py) on uvloop's"
+            " TLS transport; the load decrypts every delivery"
+        )
     if args.max_outbound_buffer is not None:
         notes.append(f"linkd --max-outbound-buffer {args.max_outbound_buffer}")
     report_json: dict[str, Any] = {

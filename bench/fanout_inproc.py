@@ -1,13 +1,14 @@
 """``linkd-inproc``: the fan-out bench protocol served by an embedded ``Engine``, no IPC.
 
-    python -m bench.fanout_inproc PORT
+    python -m bench.fanout_inproc PORT [CERT KEY]
 
 An ``Engine`` (uvloop, 127.0.0.1, no per-connection rate limit) with a
 ``WebSocketEndpoint`` at ``/ws/bench`` whose plain (inline) ``on_message`` handles the
 bench protocol itself (``bench.fanout_wire.peer_reply``): a sub adds the connection to
 a room set, a pub calls ``engine.broadcast(text, room)`` (encoded once, queued to each,
 awaiting nobody) then acks. This is the engine's fan-out without the service hop: the
-difference to the ``linkd`` column is what the IPC path costs. Runs until SIGTERM.
+difference to the ``linkd`` column is what the IPC path costs. With ``CERT KEY``, over
+TLS (``Config.tls_cert``/``tls_key``). Runs until SIGTERM.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Rooms(WebSocketEndpoint):
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     port = int(args[0])
+    cert, key = (args[1], args[2]) if len(args) == 3 else (None, None)
     raise_nofile()
     configure_logging("warning")
     import uvloop
@@ -66,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutdown_grace=2,
             ws_rate=0,  # a benchmark publisher floods on purpose
             max_connections=0,
+            tls_cert=cert,
+            tls_key=key,
         )
     )
     engine.websocket(WS_PATH, Rooms(engine))

@@ -32,6 +32,10 @@ The publisher (``publisher_process``) keeps K publishes in flight (saturation: t
 next one leaves when an ack comes back) or publishes at a fixed rate on an absolute
 schedule, and times each ack.
 
+With ``tls`` (the ``tls`` scenario) every connection is made over TLS 1.3
+(``bench.fanout_tls.client_context``, one context per process): the load decrypts
+too, so it runs out of core sooner than in ``saturation``.
+
 Phases come from a shared control block written by the orchestrator: absolute
 ``time.monotonic()`` instants for start, measure and end (monotonic is one clock for
 every process on Linux), then the number of messages published, which tells the
@@ -54,6 +58,7 @@ import orjson
 
 from . import fanout_stats as stats
 from .fanout_peers import raise_nofile
+from .fanout_tls import client_context
 from .fanout_wire import (
     MSG_PREFIX,
     SEQ_SLICE,
@@ -112,6 +117,7 @@ class SubSpec:
     #: With deflate: inflate on 1 connection in N; the others count compressed frames.
     inflate_every: int = 1
     connect_batch: int = 250
+    tls: bool = False
 
 
 @dataclass
@@ -123,6 +129,7 @@ class PubSpec:
     inflight: int
     rate: float
     cpu: int | None
+    tls: bool = False
 
 
 class SubLoad:
@@ -428,15 +435,17 @@ async def _subscribe(
     loop = asyncio.get_running_loop()
     load = SubLoad()
     clients: list[SubClient] = []
+    tls = client_context() if spec.tls else None
     for first in range(0, spec.count, spec.connect_batch):
         batch: list[SubClient] = []
         for i in range(first, min(first + spec.connect_batch, spec.count)):
             sample = spec.sample_every > 0 and i % spec.sample_every == 0
             inflate = i % spec.inflate_every == 0
             _, client = await loop.create_connection(
-                lambda s=sample, f=inflate: SubClient(load, spec, s, f),  # type: ignore[misc]
+                lambda s=sample, f=inflate: SubClient(load, spec, s, f),
                 HOST,
                 spec.port,
+                ssl=tls,
             )
             batch.append(client)
         async with asyncio.timeout(60):
@@ -606,7 +615,8 @@ async def _publish(
     spec: PubSpec, ctl: Control, progress: Synchronized[int], out: Connection
 ) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
-    _, client = await loop.create_connection(lambda: PubClient(spec), HOST, spec.port)
+    tls = client_context() if spec.tls else None
+    _, client = await loop.create_connection(lambda: PubClient(spec), HOST, spec.port, ssl=tls)
     async with asyncio.timeout(15):
         await client.ready
     out.send({"ready": 1})

@@ -1,7 +1,7 @@
 """The peer servers of the fan-out bench: the same protocol on ``websockets`` and ``picows``.
 
-    python -m bench.fanout_peers websockets PORT
-    python -m bench.fanout_peers picows PORT
+    python -m bench.fanout_peers websockets PORT [CERT KEY]
+    python -m bench.fanout_peers picows PORT [CERT KEY]
 
 Both speak ``bench.fanout_wire``'s protocol on 127.0.0.1 (any path) and parse each
 client message once with orjson (``peer_reply``), as linkd's worker does:
@@ -18,6 +18,8 @@ client message once with orjson (``peer_reply``), as linkd's worker does:
     A ``WSListener`` per connection; for each pub, a loop over the room's transports
     calling ``transport.send(WSMsgType.TEXT, msg)``, then the ack. No compression.
 
+With ``CERT KEY`` (the ``tls`` scenario) each serves TLS with an ``ssl.SSLContext``
+from ``bench.fanout_tls.server_context`` on the same loop (uvloop's TLS transport).
 Each raises its open-file limit and runs until SIGTERM or SIGINT.
 """
 
@@ -27,6 +29,7 @@ import asyncio
 import contextlib
 import resource
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -52,7 +55,7 @@ async def _until_signal() -> None:
     await stop.wait()
 
 
-async def serve_websockets(port: int) -> None:
+async def serve_websockets(port: int, tls: ssl.SSLContext | None = None) -> None:
     from websockets.asyncio.server import ServerConnection, broadcast, serve
     from websockets.exceptions import ConnectionClosed
 
@@ -78,11 +81,11 @@ async def serve_websockets(port: int) -> None:
             for room in joined:
                 rooms.get(room, set()).discard(ws)
 
-    async with serve(handler, HOST, port, ping_interval=None, backlog=2048):
+    async with serve(handler, HOST, port, ping_interval=None, backlog=2048, ssl=tls):
         await _until_signal()
 
 
-async def serve_picows(port: int) -> None:
+async def serve_picows(port: int, tls: ssl.SSLContext | None = None) -> None:
     from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_create_server
 
     from .fanout_wire import peer_reply
@@ -115,22 +118,28 @@ async def serve_picows(port: int) -> None:
     def factory(request: Any) -> Listener:
         return Listener()
 
-    server = await ws_create_server(factory, HOST, port, backlog=2048)
+    server = await ws_create_server(factory, HOST, port, backlog=2048, ssl=tls)
     async with server:
         await _until_signal()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 2 or args[0] not in ("websockets", "picows"):
-        print("usage: python -m bench.fanout_peers {websockets,picows} PORT", file=sys.stderr)
+    if len(args) not in (2, 4) or args[0] not in ("websockets", "picows"):
+        print(
+            "usage: python -m bench.fanout_peers {websockets,picows} PORT [CERT KEY]",
+            file=sys.stderr,
+        )
         return 2
     raise_nofile()
     import uvloop
 
+    from .fanout_tls import server_context
+
+    tls = server_context(args[2], args[3]) if len(args) == 4 else None
     serve = serve_websockets if args[0] == "websockets" else serve_picows
     with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(serve(int(args[1])))
+        uvloop.run(serve(int(args[1]), tls))
     return 0
 
 

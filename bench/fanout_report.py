@@ -115,7 +115,7 @@ def _metric(r: dict[str, Any]) -> tuple[str, float] | None:
     """The number a case is judged by: (name, value)."""
     if r.get("skipped"):
         return None
-    if r["scenario"] in ("saturation", "deflate"):
+    if r["scenario"] in ("saturation", "deflate", "tls"):
         return "deliveries/s", r["deliveries_per_s"]
     if r["scenario"] == "rate":
         return "p99", r["latency_ms"]["p99"]

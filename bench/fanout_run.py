@@ -46,6 +46,7 @@ from .fanout_servers import (
     stop_server,
     write_syscalls,
 )
+from .fanout_tls import certificate
 from .ipc import free_port
 
 __all__ = [
@@ -59,7 +60,7 @@ __all__ = [
     "servers",
 ]
 
-SCENARIOS = ("saturation", "deflate", "rate", "idle")
+SCENARIOS = ("saturation", "deflate", "rate", "idle", "tls")
 #: Load CPU (percent of one core) above which a run is flagged load-bound.
 LOAD_BOUND = 90.0
 #: Deliveries read / (publishes acked x subscribers) in the window below which the
@@ -82,6 +83,11 @@ class Case:
     def deflate(self) -> bool:
         return self.scenario == "deflate"
 
+    @property
+    def tls(self) -> bool:
+        """Saturation over TLS: every server with the same certificate."""
+        return self.scenario == "tls"
+
 
 def build_cases(args: argparse.Namespace) -> list[Case]:
     cases: list[Case] = []
@@ -94,6 +100,8 @@ def build_cases(args: argparse.Namespace) -> list[Case]:
             cases += [Case(scenario, n, r) for n, r in args.rates]
         elif scenario == "idle":
             cases += [Case(scenario, n) for n in args.idle]
+        elif scenario == "tls":
+            cases += [Case(scenario, n) for n in args.tls_subscribers]
     return cases
 
 
@@ -133,6 +141,7 @@ class Run:
                 sample_every=self.args.sample_every,
                 cpu=self.args.load_cpu,
                 inflate_every=self.args.inflate_every if self.case.deflate else 1,
+                tls=self.case.tls,
             )
             self.subs.append(self._spawn(subscriber_process, spec, f"bench-sub{i}"))
         extensions: dict[str, int] = {}
@@ -166,6 +175,7 @@ class Run:
             inflight=self.args.inflight,
             rate=self.case.rate or 0.0,
             cpu=self.args.load_cpu,
+            tls=self.case.tls,
         )
         self.pub = self._spawn(publisher_process, spec, "bench-pub")
         _recv(self.pub[1], "publisher", timeout=30)
@@ -365,6 +375,10 @@ def run_case(name: str, case: Case, args: argparse.Namespace, tmp: Path) -> dict
         return {**base, "skipped": "no permessage-deflate in picows"}
     port = free_port()
     loadavg = os.getloadavg()
+    tls: tuple[str, str] | None = None
+    if case.tls:
+        cert, key = certificate(tmp)
+        tls = (str(cert), str(key))
     server = start_server(
         name,
         port,
@@ -372,6 +386,7 @@ def run_case(name: str, case: Case, args: argparse.Namespace, tmp: Path) -> dict
         per_connection=args.inflight,
         tmp=tmp,
         max_outbound=args.max_outbound_buffer,
+        tls=tls,
     )
     servers.append(server)
     run = Run(server, case, args)

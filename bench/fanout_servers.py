@@ -11,9 +11,11 @@ before ``exec`` (``_preexec``); children (linkd's service worker) inherit both.
 | ``websockets`` | ``python -m bench.fanout_peers websockets`` |
 | ``picows`` | ``python -m bench.fanout_peers picows`` |
 
-A server is ready when a fresh client completes the upgrade and gets its
-``bench.sub`` acked. Stopping is SIGTERM, then SIGKILL for the server and every
-process it started, by pid.
+With ``tls=(cert, key)`` (the ``tls`` scenario) every server serves TLS with that pair:
+linkd with ``--tls-cert/--tls-key``, the others with an ``ssl.SSLContext``
+(``bench/fanout_tls.py``). A server is ready when a fresh client completes the upgrade
+(over TLS when it serves TLS) and gets its ``bench.sub`` acked. Stopping is SIGTERM,
+then SIGKILL for the server and every process it started, by pid.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import contextlib
 import os
 import resource
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -32,6 +35,7 @@ from pathlib import Path
 
 import psutil
 
+from .fanout_tls import client_context
 from .fanout_wire import handshake, sub
 from .ipc import ROOT, engine_command
 from .wsload import Masker, parse_frames
@@ -80,7 +84,27 @@ def _preexec(cpu: int | None) -> Callable[[], None]:
     return setup
 
 
-def _command(name: str, port: int, ipc_path: str | None, max_outbound: int | None) -> list[str]:
+def _command(
+    name: str,
+    port: int,
+    ipc_path: str | None,
+    max_outbound: int | None,
+    tls: tuple[str, str] | None = None,
+) -> list[str]:
+    return [*_base_command(name, port, ipc_path, max_outbound), *_tls_args(name, tls)]
+
+
+def _tls_args(name: str, tls: tuple[str, str] | None) -> list[str]:
+    if tls is None:
+        return []
+    if name == "linkd":
+        return ["--tls-cert", tls[0], "--tls-key", tls[1]]
+    return [tls[0], tls[1]]  # the peers' and linkd-inproc's CERT KEY arguments
+
+
+def _base_command(
+    name: str, port: int, ipc_path: str | None, max_outbound: int | None
+) -> list[str]:
     if name == "linkd":
         assert ipc_path is not None
         cmd = [
@@ -109,6 +133,7 @@ def start_server(
     per_connection: int,
     tmp: Path,
     max_outbound: int | None = None,
+    tls: tuple[str, str] | None = None,
 ) -> Server:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LINKD_", "BENCH_"))}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -116,7 +141,7 @@ def start_server(
     env["BENCH_FANOUT_PER_CONNECTION"] = str(per_connection)
     # Short: a Unix socket path has a ~108-byte limit.
     ipc_path = f"/tmp/lk-bench-{os.getpid()}-{port}.sock" if name == "linkd" else None
-    cmd = _command(name, port, ipc_path, max_outbound)
+    cmd = _command(name, port, ipc_path, max_outbound, tls)
     log_path = tmp / f"{name}-{port}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -131,18 +156,18 @@ def start_server(
         )
     server = Server(name, proc, log_path, ipc_path, {"server": proc.pid}, cmd)
     try:
-        _wait_ready(server, port)
+        _wait_ready(server, port, client_context() if tls else None)
     except BaseException:
         stop_server(server)
         raise
     return server
 
 
-async def probe(port: int) -> bool:
+async def probe(port: int, tls: ssl.SSLContext | None = None) -> bool:
     """Upgrade, ``bench.sub`` to a room of its own, wait for the ack."""
     try:
         async with asyncio.timeout(2):
-            reader, writer = await asyncio.open_connection(HOST, port)
+            reader, writer = await asyncio.open_connection(HOST, port, ssl=tls)
             try:
                 writer.write(handshake(HOST, port, deflate=False))
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -166,7 +191,7 @@ async def probe(port: int) -> bool:
         return False
 
 
-def _wait_ready(server: Server, port: int) -> None:
+def _wait_ready(server: Server, port: int, tls: ssl.SSLContext | None = None) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while True:
         if server.proc.poll() is not None:
@@ -177,7 +202,7 @@ def _wait_ready(server: Server, port: int) -> None:
             raise RuntimeError(
                 f"{server.name}: not ready in {READY_TIMEOUT}s:\n{server.log_tail()}"
             )
-        if asyncio.run(probe(port)):
+        if asyncio.run(probe(port, tls)):
             break
         time.sleep(0.1)
     children = psutil.Process(server.proc.pid).children(recursive=True)

@@ -239,19 +239,52 @@ class Authenticator:
         allow_no_exp: bool = False,
     ) -> None:
         self._secret = secret
-        self._public_key = (
-            _load_pem(Path(public_key).read_text(), f"--jwt-public-key {public_key}")
-            if public_key
-            else None
-        )
+        self._public_key_path = public_key
+        self._jwks_path = jwks
+        self._public_key: _PublicKey | None = None
         self._jwks: dict[str, _PublicKey] = {}
         self._jwks_all: list[_PublicKey] = []
-        if jwks:
-            self._jwks, self._jwks_all = _load_jwks(jwks)
+        self._public_key, self._jwks, self._jwks_all = self._read_keys()
         self.audience = audience
         self.issuer = issuer
         self.leeway = leeway
         self.allow_no_exp = allow_no_exp
+
+    def _read_keys(
+        self,
+    ) -> tuple[_PublicKey | None, dict[str, _PublicKey], list[_PublicKey]]:
+        """The PEM key and the JWKS, read from their files (ValueError on a bad one)."""
+        public: _PublicKey | None = None
+        path = self._public_key_path
+        if path:
+            try:
+                text = Path(path).read_text()
+            except OSError as exc:
+                raise ValueError(f"--jwt-public-key {path}: {exc.strerror or exc}") from exc
+            public = _load_pem(text, f"--jwt-public-key {path}")
+        by_kid: dict[str, _PublicKey] = {}
+        ordered: list[_PublicKey] = []
+        if self._jwks_path:
+            by_kid, ordered = _load_jwks(self._jwks_path)
+        return public, by_kid, ordered
+
+    def reload(self) -> str | None:
+        """Re-read ``--jwt-public-key`` and ``--jwks`` (SIGHUP): a rotated key verifies
+        from now on. All or nothing: when a file cannot be used the keys in use stay
+        and the reason is returned (and logged); None when reloaded (or nothing to)."""
+        if not (self._public_key_path or self._jwks_path):
+            return None
+        try:
+            keys = self._read_keys()
+        except ValueError as exc:
+            log.error("token keys not reloaded, the previous ones stay: %s", exc)
+            return str(exc)
+        self._public_key, self._jwks, self._jwks_all = keys
+        sources = [f"--jwt-public-key {self._public_key_path}"] if self._public_key_path else []
+        if self._jwks_path:
+            sources.append(f"--jwks {self._jwks_path} ({len(self._jwks_all)} keys)")
+        log.info("token keys reloaded: %s", ", ".join(sources))
+        return None
 
     @property
     def configured(self) -> bool:

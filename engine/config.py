@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from engine.limits.ratelimit import check_rate
 from engine.limits.slow import Policy, PolicyTable
+from engine.tls import DEFAULT_CIPHERS
 from engine.version import __version__
 from protocol import Limits
 from protocol.ws import DeflateOptions
@@ -148,7 +149,7 @@ class Config:
     #: subscription with Redis and work at close. 1000 (the most rooms ``?recover=`` may
     #: name) is far above what a person follows.
     max_rooms_per_connection: int = 1000
-    #: What happens to a connection that cannot keep up (engine/slow.py):
+    #: What happens to a connection that cannot keep up (engine/limits/slow.py):
     #: "disconnect" (1013), "drop_oldest" or "conflate"; per path and per event type
     #: (fnmatch patterns) on top of the default.
     slow_consumer: str = "disconnect"
@@ -174,6 +175,17 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     deflate: DeflateOptions = field(default_factory=DeflateOptions)
     backlog: int = 2048
+
+    #: TLS on the listening port (wss://, https://): a PEM certificate chain (leaf
+    #: first) and its PEM private key, both re-read on SIGHUP (engine/tls.py). None:
+    #: plain TCP (TLS terminated by a proxy in front, or none).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: OpenSSL cipher string for TLS 1.2 (1.3 suites are OpenSSL's, all AEAD); the
+    #: default is ECDHE with AES-GCM or ChaCha20 only (forward secrecy, no CBC).
+    tls_ciphers: str = DEFAULT_CIPHERS
+    #: Oldest protocol accepted: "1.2" or "1.3".
+    tls_min_version: str = "1.2"
 
     def __post_init__(self) -> None:
         for name in (
@@ -224,6 +236,17 @@ class Config:
             raise ValueError("ws_abuse_window must be positive")
         if self.ip_table_size < 1:
             raise ValueError("ip_table_size must be at least 1")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together: give both or neither")
+        if self.tls_min_version not in ("1.2", "1.3"):
+            raise ValueError(f"tls_min_version must be 1.2 or 1.3, got {self.tls_min_version!r}")
+        if not self.tls_ciphers.strip():
+            raise ValueError("tls_ciphers must not be empty")
+
+    @property
+    def tls(self) -> bool:
+        """The listening port speaks TLS."""
+        return bool(self.tls_cert and self.tls_key)
 
     def slow_consumer_policies(self) -> PolicyTable:
         return PolicyTable(

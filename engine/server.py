@@ -41,6 +41,7 @@ from engine.services.listener import start_ipc_server
 from engine.services.registry import Registry
 from engine.services.routing import mount_service
 from engine.services.supervisor import Supervisor
+from engine.tls import Certificates
 from engine.ws.echo import EchoEndpoint
 from protocol import CloseCode
 
@@ -68,6 +69,8 @@ class Engine:
         self.routes = Routes()
         self.metrics = Metrics()
         self._server: asyncio.Server | None = None
+        #: The listener's certificate when ``config.tls`` (re-read by ``reload``).
+        self.tls: Certificates | None = None
         self._ipc_server: asyncio.Server | None = None
         self._supervisor: Supervisor | None = None
         self._state: Node | None = None
@@ -149,6 +152,16 @@ class Engine:
         if self._server is not None:
             raise RuntimeError("already started")
         loop = asyncio.get_running_loop()
+        config = self.config
+        if config.tls:
+            assert config.tls_cert is not None and config.tls_key is not None
+            # Before anything is bound or started: a bad file stops the start here.
+            self.tls = Certificates(
+                config.tls_cert,
+                config.tls_key,
+                ciphers=config.tls_ciphers,
+                min_version=config.tls_min_version,
+            )
         self._state = state = build_node(self.config, self.routes, loop, self.metrics)
         self._stopped = asyncio.Event()
         state.presence.listeners.extend(self._presence_listeners)
@@ -156,7 +169,6 @@ class Engine:
         presence = state.presence
         if not isinstance(presence, Presence):
             presence.start()
-        config = self.config
         state.registry = Registry(
             state,
             lambda entry: mount_service(state, entry),
@@ -173,22 +185,64 @@ class Engine:
             raise ValueError("--service needs an IPC socket (--ipc)")
         self._server = await loop.create_server(
             lambda: HttpProtocol(state),
-            self.config.host,
-            self.config.port,
-            backlog=self.config.backlog,
+            config.host,
+            config.port,
+            backlog=config.backlog,
             reuse_address=True,
+            **self._tls_options(),
         )
         log.info(
-            "listening on %s:%d (WebSocket paths: %s)",
-            self.config.host,
+            "listening on %s:%d%s (WebSocket paths: %s)",
+            config.host,
             self.port,
+            " with TLS" if self.tls else "",
             ", ".join(sorted(self.routes.websocket)) or "none",
         )
+        if self.tls:
+            _log_certificate(self.tls, "serving")
         if config.services and config.ipc_path:
             self._supervisor = Supervisor(
                 config.services, config.workers, config.ipc_path, config.shutdown_grace
             )
             self._supervisor.start()
+
+    def _tls_options(self) -> dict[str, Any]:
+        """``create_server`` keywords for TLS: the context, and its timeouts.
+
+        The handshake has ``header_timeout`` (the HTTP protocol, and its header timer,
+        start only once it is done: a client that stalls it would otherwise hold a
+        socket for asyncio's 60 s); closing waits ``close_timeout`` for the peer's
+        close_notify.
+        """
+        if self.tls is None:
+            return {}
+        config = self.config
+        return {
+            "ssl": self.tls.context,
+            "ssl_handshake_timeout": config.header_timeout or None,
+            "ssl_shutdown_timeout": config.close_timeout or None,
+        }
+
+    def reload(self) -> list[str]:
+        """Re-read the TLS certificate and key and the token key files (SIGHUP).
+
+        What loads is used by new connections and tokens verified from now on; open
+        connections are not touched. A file that does not load changes nothing: the
+        previous certificate or keys stay, the reason is logged, and returned.
+        """
+        errors: list[str] = []
+        if self.tls is not None:
+            error = self.tls.reload()
+            if error is None:
+                _log_certificate(self.tls, "reloaded")
+            else:
+                log.error("TLS certificate not reloaded, the previous one stays: %s", error)
+                errors.append(error)
+        if self._state is not None:
+            error = self._state.authenticator.reload()
+            if error is not None:
+                errors.append(error)
+        return errors
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, close WebSockets with 1001, finish HTTP, stop the workers:
@@ -301,20 +355,35 @@ class Engine:
 
     async def serve(self) -> None:
         """Start, run until SIGINT or SIGTERM, then stop gracefully."""
-        await self.start()
         loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
+        # SIGHUP reloads (nginx's habit, certbot's deploy hook); never its default of
+        # ending the process, even while starting.
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
         try:
-            await stop.wait()
-            log.info("signal received: shutting down (grace %.1fs)", self.config.shutdown_grace)
-        finally:
+            await self.start()
+            stop = asyncio.Event()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError):
-                    loop.remove_signal_handler(sig)
-            await self.stop()
+                    loop.add_signal_handler(sig, stop.set)
+            try:
+                await stop.wait()
+                log.info("signal received: shutting down (grace %.1fs)", self.config.shutdown_grace)
+            finally:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    with contextlib.suppress(NotImplementedError):
+                        loop.remove_signal_handler(sig)
+                await self.stop()
+        finally:
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(signal.SIGHUP)
+
+    def _on_hangup(self) -> None:
+        if self._state is None:
+            log.warning("SIGHUP before the engine is listening: nothing reloaded")
+            return
+        log.info("SIGHUP: reloading certificates and token keys")
+        self.reload()
 
     async def __aenter__(self) -> Engine:
         await self.start()
@@ -327,6 +396,21 @@ class Engine:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def _log_certificate(tls: Certificates, what: str) -> None:
+    info = tls.info
+    if info is None:  # loaded by OpenSSL, but not parsed by cryptography
+        log.info("TLS: %s %s", what, tls.cert)
+        return
+    log.info(
+        "TLS: %s %s (%s, serial %x, valid until %s)",
+        what,
+        tls.cert,
+        info.subject,
+        info.serial,
+        info.not_after,
+    )
 
 
 def build_node(

@@ -41,6 +41,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("engine.api",),  # Request, Response, WebSocketEndpoint, WebSocket, Routes
     ("engine.auth",),  # token verification
     ("engine.config",),  # Config
+    ("engine.tls",),  # the listener's TLS context and its reload on SIGHUP
     ("engine.core",),  # sweeper, corker, metrics, tasks
     ("engine.limits",),  # rate limits, slow-consumer policies: pure bookkeeping
     ("engine.log", "engine.version"),  # logging set-up, redaction; the version

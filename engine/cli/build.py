@@ -152,4 +152,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ip_table_size=args.ip_table_size,
         limits=limits,
         deflate=deflate,
+        tls_cert=args.tls_cert or None,
+        tls_key=args.tls_key or None,
+        tls_ciphers=args.tls_ciphers,
+        tls_min_version=args.tls_min_version,
     )

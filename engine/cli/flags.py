@@ -408,6 +408,31 @@ def build_parser(
         help="do not insist on server_no_context_takeover (better ratio, "
         "no shared compressed frames, ~256 KiB more per connection)",
     )
+    p.add(
+        "--tls-cert",
+        default=None,
+        metavar="FILE",
+        help="PEM certificate chain (leaf first): serve wss:// and https:// on --listen; "
+        "re-read on SIGHUP",
+    )
+    p.add(
+        "--tls-key",
+        default=None,
+        metavar="FILE",
+        help="PEM private key of --tls-cert (keep it chmod 600); re-read on SIGHUP",
+    )
+    p.add(
+        "--tls-ciphers",
+        default=d.tls_ciphers,
+        metavar="OPENSSL",
+        help="OpenSSL cipher string for TLS 1.2 (TLS 1.3 suites are OpenSSL's, all AEAD)",
+    )
+    p.add(
+        "--tls-min-version",
+        default=d.tls_min_version,
+        choices=("1.2", "1.3"),
+        help="oldest TLS version accepted",
+    )
     p.add("--log-level", default=d.log_level, choices=LEVELS, help="logging threshold")
     p.add(
         "--no-access-log",
