@@ -54,7 +54,9 @@ def _conn(worker_side: bool) -> IpcConn:
     if not worker_side:
         return IpcConn(Role.ENGINE, MAX_FRAME)
     conn = IpcConn(Role.WORKER, MAX_FRAME)
-    conn.send(m.Hello(versions=[1], service=m.Registration("fuzz"), max_frame=MAX_FRAME))
+    conn.send(
+        m.Hello(versions=[m.PROTOCOL_VERSION], service=m.Registration("fuzz"), max_frame=MAX_FRAME)
+    )
     return conn
 
 

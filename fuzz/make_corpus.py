@@ -174,7 +174,7 @@ def ipc_seeds() -> dict[str, bytes]:
         http=[m.HttpRoute("get-room", "GET", "/chat/rooms/:id", "required")],
         ws=m.WsRoute("/ws/chat", types=["ping"], prefixes=["chat."], on_connect=True),
     )
-    hello = m.Hello(versions=[1], service=reg, pid=42, max_frame=2048)
+    hello = m.Hello(versions=[m.PROTOCOL_VERSION], service=reg, pid=42, max_frame=2048)
     engine, worker, engine_bytewise = 0x00, 0x01, 0x02
     return {
         "engine_hello": bytes([engine]) + frames(hello),

@@ -4,10 +4,12 @@ from .context import (
     AuthUser,
     Context,
     Emitter,
+    EventContext,
     Form,
     Headers,
     HttpContext,
     PresenceContext,
+    Published,
     Socket,
     WsContext,
     WsMessage,
@@ -27,6 +29,7 @@ from .errors import (
     UnknownMessageTypeError,
     ValidationError,
 )
+from .history import HistoryEvent, RoomHistory
 from .response import Response
 from .run import run, start_services
 from .service import (
@@ -47,10 +50,12 @@ __all__ = [
     "BadRequestError",
     "Context",
     "Emitter",
+    "EventContext",
     "ForbiddenError",
     "Form",
     "GroupOptions",
     "Headers",
+    "HistoryEvent",
     "HttpContext",
     "HttpGroup",
     "HttpMiddleware",
@@ -61,8 +66,10 @@ __all__ = [
     "NotFoundError",
     "OverloadedError",
     "PresenceContext",
+    "Published",
     "RateLimitedError",
     "Response",
+    "RoomHistory",
     "Service",
     "ServiceTimeoutError",
     "ServiceUnavailableError",

@@ -14,6 +14,7 @@ from protocol.ipc import messages as m
 
 from .encoding import describe_unencodable
 from .errors import BadRequestError, InternalError
+from .history import DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, RoomHistory
 from .watchers import MAX_WATCHED_ROOMS, MAX_WATCHERS, WatcherEmitter, find_watchers
 
 if TYPE_CHECKING:
@@ -23,11 +24,13 @@ __all__ = [
     "AuthUser",
     "Context",
     "Emitter",
+    "EventContext",
     "Form",
     "Headers",
     "HttpContext",
     "Link",
     "PresenceContext",
+    "Published",
     "Socket",
     "WsContext",
     "WsMessage",
@@ -51,8 +54,14 @@ class Link(Protocol):
         conn: int | None = None,
         room: str | None = None,
         user: str | None = None,
+        since: int | None = None,
+        epoch: str | None = None,
+        limit: int | None = None,
     ) -> Any:
         """Ask the engine; returns the decoded JSON result."""
+
+    async def publish(self, name: str, data: bytes) -> Any:
+        """Publish a service event (JSON ``data``); returns the engine's decoded answer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +179,28 @@ class Emitter:
         await self._link.flush()
 
 
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What ``publish_event`` resolved with: the services the event was queued for."""
+
+    services: tuple[str, ...]
+
+    @property
+    def subscribers(self) -> int:
+        """How many services will get it (0: nobody subscribed; it is not kept)."""
+        return len(self.services)
+
+
+def _event_data(name: str, data: Any) -> bytes:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"an event name must be a non-empty string, not {name!r}")
+    try:
+        return orjson.dumps(data)
+    except orjson.JSONEncodeError as exc:
+        what = describe_unencodable(data, exc)
+        raise InternalError(f"publish_event {name!r}: data JSON cannot encode: {what}") from None
+
+
 class Context:
     """What every handler gets: identity, the service's logger and db, emits."""
 
@@ -229,6 +260,49 @@ class Context:
         """
         result = await self._link.query("presence", room=room)
         return list(result or [])
+
+    async def history(
+        self,
+        room: str,
+        since: int | None = None,
+        limit: int = DEFAULT_HISTORY_LIMIT,
+        *,
+        epoch: str | None = None,
+    ) -> RoomHistory:
+        """The events the engine kept for ``room`` (the ones recovery replays), oldest
+        first: with ``since=None`` the newest ``limit``; with ``since=seq`` the first
+        ``limit`` after it (of ``epoch`` when given). See ``RoomHistory`` for
+        ``complete``/``more``/``next``; docs/sdk.md, "Room history".
+
+        Raises:
+            ValueError / TypeError: a bad argument (``limit`` is 1..1000).
+            BadRequestError: the engine refused it.
+        """
+        if not isinstance(room, str) or not room:
+            raise TypeError(f"room must be a non-empty string, not {room!r}")
+        if type(limit) is not int or not 1 <= limit <= MAX_HISTORY_LIMIT:
+            raise ValueError(f"limit must be an int from 1 to {MAX_HISTORY_LIMIT}, not {limit!r}")
+        if since is not None and (type(since) is not int or since < 0):
+            raise ValueError(f"since must be None or a seq (an int >= 0), not {since!r}")
+        if epoch is not None and not isinstance(epoch, str):
+            raise TypeError(f"epoch must be None or a string, not {epoch!r}")
+        result = await self._link.query("history", room=room, since=since, epoch=epoch, limit=limit)
+        return RoomHistory.from_result(result)
+
+    async def publish_event(self, name: str, data: Any = None) -> Published:
+        """Publish the service event ``name`` (docs/sdk.md, "Events between services"):
+        one worker of every service with an ``on_event(name)`` handler gets it, at
+        least once. Resolves once the engine queued it for all of them (in its memory;
+        with ``--redis``, in Redis).
+
+        Raises:
+            OverloadedError: a subscriber has too many events waiting (queued for none).
+            BadRequestError / PayloadTooLarge (as ``LinkdError``): a bad name, data
+            over 64 KiB.
+        """
+        published = await self._link.publish(name, _event_data(name, data))
+        services = published.get("services", []) if isinstance(published, dict) else []
+        return Published(tuple(str(s) for s in services))
 
     async def is_online(self, user_id: str) -> bool:
         """Whether ``user_id`` has a connection (or is within the presence grace period)."""
@@ -407,6 +481,33 @@ class PresenceContext(Context):
 
     def _watched(self) -> str | None:
         return self.user_id
+
+
+class EventContext(Context):
+    """Context of an ``on_event`` handler: one service event to handle.
+
+    ``ctx.event`` is its name, ``ctx.data`` what the publisher gave; ``ctx.attempt`` is
+    1 on the first delivery and higher when it is delivered again (a worker died
+    while handling it, or did not finish within the request timeout): handlers must
+    be idempotent (delivery is at least once).
+    """
+
+    __slots__ = ("attempt", "data", "event", "published_at", "source")
+
+    def __init__(self, service: Service, link: Link, note: m.Event, data: Any) -> None:
+        super().__init__(service, link, None)
+        self.event = note.name
+        self.data = data
+        self.attempt = note.attempt
+        #: The publishing service's name.
+        self.source = note.source
+        #: When it was published, in seconds since the Unix epoch.
+        self.published_at = note.time / 1000.0 if note.time is not None else None
+
+    @property
+    def name(self) -> str:
+        """Alias of ``event``."""
+        return self.event
 
 
 #: ``ctx.body`` of a form: each name to its value, or to the list of its values when

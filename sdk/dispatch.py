@@ -9,13 +9,27 @@ import orjson
 from protocol.codes import ErrorCode
 from protocol.ipc import messages as m
 
-from .context import HttpContext, Link, PresenceContext, Socket, WsContext, WsMessage
+from .context import (
+    EventContext,
+    HttpContext,
+    Link,
+    PresenceContext,
+    Socket,
+    WsContext,
+    WsMessage,
+)
 from .encoding import EncodeError, dumps
 from .errors import BadRequestError, InternalError, LinkdError, NotFoundError, UnauthorizedError
 from .response import UNSET, Response
 from .service import Service
 
-__all__ = ["handle_connect", "handle_disconnect", "handle_http", "handle_message"]
+__all__ = [
+    "handle_connect",
+    "handle_disconnect",
+    "handle_event",
+    "handle_http",
+    "handle_message",
+]
 
 _INTERNAL = InternalError().to_info()
 
@@ -170,3 +184,26 @@ async def handle_presence(service: Service, link: Link, note: m.Presence) -> Non
         await handler(PresenceContext(service, link, note))
     except Exception:
         service.logger.exception("on_presence raised")
+
+
+async def handle_event(service: Service, link: Link, note: m.Event) -> m.Reply:
+    """Run the ``on_event`` handler of ``note.name``; the reply is the ack.
+
+    Any reply acks the event, an error one too: a handler that raises has its error
+    logged here and the event is not delivered again (a bug would fail every retry);
+    only a worker that dies or overruns the request timeout gets it redelivered.
+    """
+    what = f"event handler of {note.name!r}"
+    handler = service.event_handlers.get(note.name)
+    if handler is None:
+        service.logger.warning("event %r has no handler here: acked and dropped", note.name)
+        return m.Reply(id=note.id)
+    try:
+        try:
+            data = orjson.loads(note.json)
+        except orjson.JSONDecodeError:
+            raise BadRequestError("the event data is not JSON") from None
+        await handler(EventContext(service, link, note, data))
+        return m.Reply(id=note.id)
+    except Exception as exc:
+        return _error(service, note.id, exc, what)

@@ -13,7 +13,7 @@ from typing import Any, TypedDict, TypeVar, overload
 
 from protocol.ipc import messages as m
 
-from .context import HttpContext
+from .context import EventContext, HttpContext
 from .middleware import Next, check_async, check_group_callback, run_chain, split_options
 from .response import Response
 from .ws import AuthOption, WsRouter, auth_mode
@@ -21,6 +21,7 @@ from .ws import AuthOption, WsRouter, auth_mode
 __all__ = [
     "Action",
     "ActionOptions",
+    "EventHandler",
     "GroupOptions",
     "HttpGroup",
     "HttpHandler",
@@ -30,6 +31,8 @@ __all__ = [
 ]
 
 HttpHandler = Callable[[HttpContext], Awaitable[Any]]
+#: ``async def on_room_created(ctx: EventContext)``: ``ctx.event``, ``ctx.data``.
+EventHandler = Callable[[EventContext], Awaitable[Any]]
 #: ``async def mw(ctx, next)``: code before ``await next()`` runs before the action.
 HttpMiddleware = Callable[[HttpContext, Next], Awaitable[Any]]
 #: ``def cb(group)``: registers the group's actions on the group it is given.
@@ -47,6 +50,8 @@ HEALTH_ACTIONS = ("health", "ready", "live")
 READINESS_TIMEOUT = 5.0
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: Event names, as the engine checks them (engine/brokers/events.py).
+_EVENT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -235,6 +240,8 @@ class Service:
         self.db: Any = None
         self.logger = logging.getLogger(f"linkd.service.{name}")
         self.actions: dict[str, Action] = {}
+        #: Service events this service consumes: name → handler (``on_event``).
+        self.event_handlers: dict[str, EventHandler] = {}
         self._global: list[HttpMiddleware] = []
         self._scoped: list[tuple[str | HttpGroup, HttpMiddleware]] = []
         self._chains: dict[str, list[HttpMiddleware]] = {}
@@ -440,6 +447,35 @@ class Service:
         self.actions[action.name] = action
         self._chains.pop(action.name, None)
 
+    @overload
+    def on_event(self, name: str, /) -> Callable[[F], F]: ...
+    @overload
+    def on_event(self, name: str, fn: F, /) -> F: ...
+    def on_event(self, name: str, fn: Any = None, /) -> Any:
+        """Consume the service event ``name`` (docs/sdk.md, "Events between services").
+
+        ``@service.on_event("room.created")`` or ``service.on_event("room.created", fn)``;
+        ``async def fn(ctx: EventContext)`` gets ``ctx.event``, ``ctx.data``,
+        ``ctx.attempt``. Each event published under ``name`` goes to one worker of this
+        service (and one of every other subscriber), at least once: acked when the
+        handler returns (or raises: the error is logged, not retried); delivered again,
+        to another worker, when its worker dies or overruns the request timeout.
+        """
+        if not isinstance(name, str) or not _EVENT_NAME.match(name):
+            raise ValueError(
+                f"bad event name {name!r}: letters, digits, '_', '.', ':' and '-', "
+                "at most 128, not starting with a punctuation mark"
+            )
+
+        def register(handler: F) -> F:
+            check_async(handler, f"on_event({name!r})")
+            if name in self.event_handlers:
+                raise ValueError(f"event {name!r} already has a handler")
+            self.event_handlers[name] = handler
+            return handler
+
+        return register if fn is None else register(fn)
+
     def before_start(self, fn: H) -> H:
         """``async def (service)``: runs before connecting to the engine (open a pool).
         An exception stops the service before it registers."""
@@ -507,6 +543,7 @@ class Service:
             http=http,
             ws=ws,
             concurrency=self.concurrency,
+            events=sorted(self.event_handlers),
         )
 
     # --------------------------------------------------------------- lifecycle

@@ -21,7 +21,7 @@ import os
 import random
 import socket
 import struct
-from collections.abc import Collection, Coroutine, Mapping
+from collections.abc import Callable, Collection, Coroutine, Mapping
 from typing import Any
 
 import orjson
@@ -33,6 +33,7 @@ from protocol.ipc import messages as m
 from .dispatch import (
     handle_connect,
     handle_disconnect,
+    handle_event,
     handle_http,
     handle_message,
     handle_presence,
@@ -447,6 +448,8 @@ class Session:
                 worker.spawn(self._request(handle_http(self.service, self, msg)))
             elif isinstance(msg, m.Connect):
                 worker.spawn(self._request(handle_connect(self.service, self, msg)))
+            elif isinstance(msg, m.Event):
+                worker.spawn(self._request(handle_event(self.service, self, msg)))
             elif isinstance(msg, m.Disconnect):
                 worker.spawn(self._notification(handle_disconnect(self.service, self, msg)))
             elif isinstance(msg, m.Presence):
@@ -579,18 +582,43 @@ class Session:
         conn: int | None = None,
         room: str | None = None,
         user: str | None = None,
+        since: int | None = None,
+        epoch: str | None = None,
+        limit: int | None = None,
     ) -> Any:
+        return await self._ask(
+            lambda query_id: m.Query(
+                id=query_id,
+                what=what,
+                conn=conn,
+                room=room,
+                user=user,
+                since=since,
+                epoch=epoch,
+                limit=limit,
+            ),
+            f"the {what} query",
+        )
+
+    async def publish(self, name: str, data: bytes) -> Any:
+        return await self._ask(
+            lambda publish_id: m.Publish(id=publish_id, name=name, json=data),
+            f"the publish of {name!r}",
+        )
+
+    async def _ask(self, make: Callable[[int], Any], what: str) -> Any:
+        """Send a request of ours (query, publish) and await its ``result``."""
         self._query_ids += 1
         query_id = self._query_ids
         future: asyncio.Future[m.Result] = asyncio.get_running_loop().create_future()
         self._queries[query_id] = future
         try:
-            self.command(m.Query(id=query_id, what=what, conn=conn, room=room, user=user))
+            self.command(make(query_id))
             async with asyncio.timeout(self.worker.query_timeout):
                 result = await future
         except TimeoutError:
             self.conn.expire(query_id)
-            raise ServiceTimeoutError(f"the engine did not answer the {what} query") from None
+            raise ServiceTimeoutError(f"the engine did not answer {what}") from None
         finally:
             self._queries.pop(query_id, None)
         if result.error is not None:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
-from engine.brokers.history import Recovery
+from engine.brokers.events import EventStore
+from engine.brokers.history import HistoryPage, Recovery
 from engine.brokers.publish import Publish
 
 __all__ = ["FIELDS", "Broker", "Conn", "Sink"]
@@ -54,6 +55,11 @@ class Broker(Protocol):
     #: past it the recovery is given up (``recovered: false``, then the held events).
     max_held: int
 
+    @property
+    def events(self) -> EventStore:
+        """The queues of events between services (engine/brokers/events.py), kept where
+        this broker keeps its state: in memory, or in Redis."""
+
     async def start(self, hub: Sink) -> None: ...
 
     async def stop(self) -> None: ...
@@ -75,3 +81,9 @@ class Broker(Protocol):
 
     def fence(self) -> asyncio.Future[None] | None:
         """Done when what was asked so far took effect locally; None if it already has."""
+
+    async def read_history(
+        self, room: str, since: int | None, epoch: str | None, limit: int
+    ) -> HistoryPage:
+        """A page of the room's kept events, the ones recovery reads (``history_page``).
+        Raises OSError or RedisError when the backend cannot be read."""

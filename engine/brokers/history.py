@@ -6,20 +6,38 @@ stream, none older than ``ttl`` seconds. A stream whose every event has expired 
 forgotten; if it is used again it starts a new epoch, so a position from its previous
 life is answered ``recovered: false`` instead of a silent partial list.
 
-The Redis broker keeps the same thing in Redis Streams; both answer ``since()`` alike.
+The Redis broker keeps the same thing in Redis Streams; both answer ``since()`` alike,
+and both read pages of it for services (``ctx.history``, ``HistoryPage``).
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
 
-__all__ = ["Recovery", "Stamped", "Stream", "StreamHistory", "new_epoch", "stamp"]
+__all__ = [
+    "DEFAULT_HISTORY_LIMIT",
+    "MAX_HISTORY_LIMIT",
+    "HistoryPage",
+    "Recovery",
+    "Stamped",
+    "Stream",
+    "StreamHistory",
+    "history_page",
+    "new_epoch",
+    "stamp",
+]
+
+#: Events one history query returns at most (``ctx.history(limit=...)``), and by default:
+#: a page is one IPC frame, and a thousand chat messages is far below its 8 MiB.
+MAX_HISTORY_LIMIT = 1000
+DEFAULT_HISTORY_LIMIT = 100
 
 
 def new_epoch() -> str:
@@ -79,6 +97,78 @@ class Recovery:
     seq: int
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """One page of a room's kept history, for a service (docs/sdk.md, "Room history").
+
+    ``events``: ``(seq, time in ms since the Unix epoch, stamped payload)``, oldest
+    first. ``complete``: no event between the position asked for and the first one
+    returned is missing (always false for a position of another epoch). ``more``:
+    events after the last one returned exist (ask again with ``since`` = its seq).
+    """
+
+    epoch: str | None
+    seq: int
+    events: list[tuple[int, float, bytes]]
+    complete: bool
+    more: bool
+
+    def to_json(self, room: str) -> bytes:
+        """The ``result`` of a history query: built from the stored JSON texts, which
+        are not parsed again; each event gets its ``"time"``."""
+        events = b",".join(_with_time(payload, ms) for _, ms, payload in self.events)
+        head = orjson.dumps(
+            {
+                "room": room,
+                "epoch": self.epoch,
+                "seq": self.seq,
+                "complete": self.complete,
+                "more": self.more,
+            }
+        )
+        return head[:-1] + b',"events":[' + events + b"]}"
+
+
+def _with_time(payload: bytes, ms: float) -> bytes:
+    body = payload.rstrip()
+    if not body.endswith(b"}"):
+        return payload
+    return body[:-1] + b',"time":' + str(int(ms)).encode() + b"}"
+
+
+def history_page(
+    epoch: str | None,
+    seq: int,
+    kept: list[tuple[int, float, bytes]],
+    since: int | None,
+    asked_epoch: str | None,
+    limit: int,
+) -> HistoryPage:
+    """The page of ``kept`` (every event still kept, oldest first, none expired) that
+    answers ``since``/``asked_epoch``/``limit`` (validated by the caller); shared by
+    the local and the Redis history so both answer alike.
+
+    - ``since`` None: the newest ``limit`` events; complete when they reach back to
+      the first event of the epoch.
+    - ``since`` a seq of the current epoch: the oldest ``limit`` events after it;
+      complete when the one right after ``since`` is still kept (or nothing followed).
+    - a position of another epoch (``asked_epoch`` differs), or beyond the stream's
+      last seq: the stream's numbering restarted since (history lost, or the stream
+      forgotten), so the page starts at the oldest kept event and is never complete.
+    """
+    if since is None:
+        events = kept[-limit:]
+        complete = seq == 0 or (bool(events) and events[0][0] == 1)
+        return HistoryPage(epoch, seq, events, complete, False)
+    foreign = (asked_epoch is not None and asked_epoch != epoch) or since > seq
+    after = 0 if foreign else since
+    events = [e for e in kept if e[0] > after][:limit]
+    # A foreign position cannot be vouched for: never complete.
+    complete = not foreign and (after >= seq or (bool(events) and events[0][0] == after + 1))
+    more = bool(events) and events[-1][0] < seq
+    return HistoryPage(epoch, seq, events, complete, more)
+
+
 class StreamHistory:
     """Streams keyed ``"r:<room>"`` / ``"u:<user>"``; ``clock`` is the loop's time."""
 
@@ -130,6 +220,19 @@ class StreamHistory:
         # missing (seq + 1) is still there.
         missed = [e.payload for e in events if e.seq > seq]
         return Recovery(missed, oldest <= seq + 1, stream.epoch, stream.seq)
+
+    def read(self, key: str, since: int | None, epoch: str | None, limit: int) -> HistoryPage:
+        """A page of stream ``key`` for a service (``history_page``); a stream never
+        used (or forgotten) has no epoch and nothing kept. Reading creates nothing."""
+        now = self._clock()
+        stream = self._streams.get(key)
+        if stream is None:
+            return history_page(None, 0, [], since, epoch, limit)
+        self._expire(stream, now)
+        # Loop time → wall time: the offset now, close enough for a display.
+        wall_ms = time.time() * 1000.0
+        kept = [(e.seq, wall_ms - (now - e.at) * 1000.0, e.payload) for e in stream.events]
+        return history_page(stream.epoch, stream.seq, kept, since, epoch, limit)
 
     def _expire(self, stream: Stream, now: float) -> None:
         events = stream.events

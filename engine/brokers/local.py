@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 
 from engine.brokers.base import FIELDS, Conn, Sink
-from engine.brokers.history import Recovery, StreamHistory
+from engine.brokers.events import LocalEvents
+from engine.brokers.history import HistoryPage, Recovery, StreamHistory
 from engine.brokers.publish import Publish
 
 __all__ = ["PRUNE_INTERVAL", "LocalBroker"]
@@ -23,17 +24,20 @@ class LocalBroker:
     recovery_timeout = 5.0
     max_held = 1000
 
-    def __init__(self, history: StreamHistory) -> None:
+    def __init__(self, history: StreamHistory, events: LocalEvents | None = None) -> None:
         self.history = history
+        self.events = events if events is not None else LocalEvents()
         self._hub: Sink | None = None
         self._prune_timer: asyncio.TimerHandle | None = None
 
     async def start(self, hub: Sink) -> None:
         self._hub = hub
+        await self.events.start()
         # The in-memory history is pruned here; Redis expires its own keys.
         self._prune_timer = asyncio.get_running_loop().call_later(PRUNE_INTERVAL, self._prune)
 
     async def stop(self) -> None:
+        await self.events.stop()
         if self._prune_timer is not None:
             self._prune_timer.cancel()
             self._prune_timer = None
@@ -69,3 +73,14 @@ class LocalBroker:
         assert self._hub is not None
         found: Recovery = self.history.since(f"{kind}:{name}", epoch, seq)
         self._hub.send_recovery(ws, kind, name, found)
+
+    async def read_history(
+        self, room: str, since: int | None, epoch: str | None, limit: int
+    ) -> HistoryPage:
+        return self.history_of(room, since, epoch, limit)
+
+    def history_of(
+        self, room: str, since: int | None, epoch: str | None, limit: int
+    ) -> HistoryPage:
+        """``read_history`` without the coroutine: the local history answers at once."""
+        return self.history.read(f"r:{room}", since, epoch, limit)

@@ -38,8 +38,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from engine.brokers.base import FIELDS, Conn, Sink
-from engine.brokers.history import Recovery, new_epoch
+from engine.brokers.history import HistoryPage, Recovery, history_page, new_epoch
 from engine.brokers.publish import Kind, Publish
+from engine.brokers.redis_events import RedisEvents
 
 if TYPE_CHECKING:
     from engine.config import Config
@@ -114,6 +115,8 @@ class RedisBroker:
         )
         self._pubsub: Any = None
         self._script: Any = None
+        #: Events between services: a Redis Stream per subscribing service.
+        self.events = RedisEvents(self._redis, self.node)
         #: Channels this node wants, and those Redis confirmed.
         self._wanted: set[bytes] = {b"lk:*"}
         self._confirmed: set[bytes] = set()
@@ -150,10 +153,12 @@ class RedisBroker:
             asyncio.get_running_loop().create_task(self._run_ops()),
             asyncio.get_running_loop().create_task(self._read()),
         ]
+        await self.events.start()
 
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
+        await self.events.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -428,6 +433,38 @@ class RedisBroker:
                 seq=seq,
             )
         )
+
+    # -------------------------------------------------------------- history
+    async def read_history(
+        self, room: str, since: int | None, epoch: str | None, limit: int
+    ) -> HistoryPage:
+        """A page of the room's Redis Stream (the one recovery reads): one round trip,
+        two when ``since`` turns out to be of another epoch. Not queued behind the
+        operations: a read needs no ordering against this node's publishes."""
+        assert self._redis is not None
+        seq_key, epoch_key, hist_key = _keys("r", room)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.get(epoch_key)
+        pipe.get(seq_key)
+        if since is None:
+            pipe.xrevrange(hist_key, max="+", min="-", count=limit)
+        else:
+            pipe.xrange(hist_key, min=f"{since + 1}-0", max="+", count=limit)
+        stored_epoch, stored_seq, entries = await pipe.execute()
+        current_epoch = stored_epoch.decode() if stored_epoch else None
+        current = int(stored_seq or 0)
+        if since is None:
+            entries = list(reversed(entries))
+        elif (epoch is not None and epoch != current_epoch) or since > current:
+            # A position of another life of the stream: the page starts at the oldest.
+            entries = await self._redis.xrange(hist_key, min="-", max="+", count=limit)
+        oldest_ms = time.time() * 1000 - self._ttl_ms
+        kept = [
+            (int(entry_id.split(b"-")[0]), float(fields[b"t"]), fields[b"p"])
+            for entry_id, fields in entries
+            if int(fields[b"t"]) >= oldest_ms
+        ]
+        return history_page(current_epoch, current, kept, since, epoch, limit)
 
     # ------------------------------------------------------------- recovery
     def recover(self, ws: Conn, kind: str, name: str, epoch: str, seq: int) -> None:

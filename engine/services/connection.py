@@ -17,7 +17,11 @@ from typing import TYPE_CHECKING, Any, cast
 import orjson
 from redis.exceptions import RedisError
 
+from engine.brokers.events import EVENT_NAME
+from engine.brokers.history import DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT
+from engine.brokers.local import LocalBroker
 from engine.brokers.publish import Publish
+from engine.services.events import PublishRefused
 from engine.services.peer import peer_refusal
 from protocol import LocalProtocolError
 from protocol.ipc import IpcConn, IpcError, IpcProtocolError, Role
@@ -235,10 +239,15 @@ class IpcProtocol(asyncio.Protocol):
             if ws is not None:
                 ws.close(code, msg.reason)
         elif isinstance(msg, m.Query):
-            if msg.what in ("presence", "online") and self._state.config.redis_url:
+            if msg.what == "history":
+                self._history(msg)
+            elif msg.what in ("presence", "online") and self._state.config.redis_url:
                 self._state.spawn(self._answer_cluster(msg))  # asks Redis
             else:
                 self.send(self._answer(msg))
+        elif isinstance(msg, m.Publish):
+            _require_utf8(msg.json, "publish.json")
+            self._state.spawn(self._publish(msg))
         elif isinstance(msg, m.Ping):
             self.send(m.Pong(msg.n))
         elif isinstance(msg, m.Pong):
@@ -261,6 +270,61 @@ class IpcProtocol(asyncio.Protocol):
                 self._set_deadline(self._state.loop.time() + self._registry.heartbeat)
             else:
                 self.deadline = math.inf  # heartbeat 0: no pings (docs/ipc.md §4.6)
+
+    # ----------------------------------------------------- history, events
+    def _history(self, query: m.Query) -> None:
+        """``what: "history"``: a page of the room's kept events (docs/ipc.md §4.3)."""
+        limit = DEFAULT_HISTORY_LIMIT if query.limit is None else query.limit
+        problem = None
+        if query.room is None:
+            problem = "history needs a room"
+        elif not 1 <= limit <= MAX_HISTORY_LIMIT:
+            problem = f"history limit must be between 1 and {MAX_HISTORY_LIMIT}, not {limit}"
+        elif query.since is not None and query.since < 0:
+            problem = f"history since must not be negative, not {query.since}"
+        if problem is not None or query.room is None:
+            self.send(m.Result(query.id, error=m.ErrorInfo("BAD_REQUEST", problem or "")))
+            return
+        room = query.room
+        broker = self._state.broker
+        if isinstance(broker, LocalBroker):  # in memory: answered at once, in order
+            page = broker.history_of(room, query.since, query.epoch, limit)
+            self.send(m.Result(query.id, json=page.to_json(room)))
+            return
+        self._state.spawn(self._history_remote(query, room, limit))
+
+    async def _history_remote(self, query: m.Query, room: str, limit: int) -> None:
+        try:
+            page = await self._state.broker.read_history(room, query.since, query.epoch, limit)
+            result = m.Result(query.id, json=page.to_json(room))
+        except (OSError, RedisError):
+            result = m.Result(
+                query.id, error=m.ErrorInfo("SERVICE_UNAVAILABLE", "history is unavailable")
+            )
+        with contextlib.suppress(LocalProtocolError):
+            self.send(result)
+
+    async def _publish(self, msg: m.Publish) -> None:
+        """Queue a service event for its subscribers; answered once it is (in memory,
+        or in Redis), or with the reason it is not."""
+        source = getattr(self.worker.entry, "name", None)  # the publishing service
+        events = self._registry.events
+        if not EVENT_NAME.match(msg.name):
+            result = m.Result(
+                msg.id, error=m.ErrorInfo("BAD_REQUEST", f"bad event name {msg.name!r}")
+            )
+        else:
+            try:
+                services = await events.publish(source, msg.name, msg.json)
+                result = m.Result(msg.id, json=orjson.dumps({"services": services}))
+            except PublishRefused as exc:
+                result = m.Result(msg.id, error=m.ErrorInfo(exc.code.value, exc.message))
+            except (OSError, RedisError):
+                result = m.Result(
+                    msg.id, error=m.ErrorInfo("SERVICE_UNAVAILABLE", "events are unavailable")
+                )
+        with contextlib.suppress(LocalProtocolError):
+            self.send(result)
 
     async def _answer_cluster(self, query: m.Query) -> None:
         """Presence questions answered from Redis: the same answer on every node."""

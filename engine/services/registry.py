@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+from engine.services.events import EventRouter
 from engine.services.workers import Call, Link, MakeRequest, ServiceError, Worker
 from protocol import ErrorCode, LocalProtocolError
 from protocol.ipc import messages as m
@@ -91,7 +92,7 @@ class ServiceEntry:
                 live[self._rr % len(live)].proto.send(msg)
 
     def pump(self) -> None:
-        """Move queued calls to workers that have room."""
+        """Move queued calls to workers that have room, then waiting events."""
         queue = self.queue
         while queue:
             worker = self.pick()
@@ -100,6 +101,8 @@ class ServiceEntry:
             call = queue.popleft()
             if call.future is not None and not call.future.done():
                 worker.send_call(call)
+        if self.registration.events:
+            self.registry.events.pump(self)
 
     def fail_queue(self) -> None:
         calls, self.queue = list(self.queue), deque()
@@ -111,7 +114,7 @@ class ServiceEntry:
 
 
 def _routes(reg: m.Registration) -> tuple[object, ...]:
-    return (reg.http, reg.ws)
+    return (reg.http, reg.ws, sorted(reg.events))
 
 
 class Registry:
@@ -139,6 +142,8 @@ class Registry:
         self._gone: asyncio.Event | None = None
         state.presence.listeners.append(self.on_presence)
         state.metrics.workers_source = self.live_workers
+        #: Events between services: the broker's queues, handed to the workers.
+        self.events = EventRouter(self, state.broker.events)
 
     def live_workers(self) -> dict[str, int]:
         """Live (not draining) workers by service: the ``linkd_service_workers`` gauge."""
@@ -191,6 +196,7 @@ class Registry:
         worker.capacity = max(1, min(reg.concurrency, self.worker_concurrency))
         entry.workers.append(worker)
         entry.registration = reg
+        self.events.registered(entry)
         log.info(
             "worker %d (pid %d) registered service %s %s; %d worker(s)",
             worker.id,
@@ -255,6 +261,7 @@ class Registry:
         entry = _entry_of(worker)
         if entry is not None and not entry.live_workers():
             entry.fail_queue()
+            self.events.worker_left(entry)
 
     def remove(self, worker: Worker, reason: str) -> None:
         """The worker's socket closed: fail its calls, keep the service's routes."""
@@ -281,6 +288,7 @@ class Registry:
                 entry.pump()
             else:
                 entry.fail_queue()
+                self.events.worker_left(entry)
 
 
 def _entry_of(worker: Worker) -> ServiceEntry | None:

@@ -18,6 +18,7 @@ __all__ = [
     "Drain",
     "Emit",
     "ErrorInfo",
+    "Event",
     "Hello",
     "HttpRequest",
     "HttpRoute",
@@ -27,6 +28,7 @@ __all__ = [
     "Ping",
     "Pong",
     "Presence",
+    "Publish",
     "Query",
     "Registration",
     "Reject",
@@ -36,8 +38,10 @@ __all__ = [
     "WsRoute",
 ]
 
-#: The version this implementation speaks (docs/ipc.md §1).
-PROTOCOL_VERSION = 1
+#: The version this implementation speaks (docs/ipc.md §1). Version 2 added events
+#: between services (``publish``, ``event``, ``Registration.events``) and room history
+#: (``query`` ``what: "history"``); see docs/ipc.md §8 for what changed.
+PROTOCOL_VERSION = 2
 
 Headers = list[tuple[str, str]]
 
@@ -89,6 +93,9 @@ class Registration:
     ws: WsRoute | None = None
     #: Requests this worker accepts at once; the engine queues beyond it.
     concurrency: int = 64
+    #: Names of the service events it consumes (``@service.on_event``): each event
+    #: published under one of them goes to one worker of this service (v2).
+    events: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +209,25 @@ class Presence:
 
 
 @dataclass(frozen=True, slots=True)
+class Event:
+    """Engine → worker (v2): one service event to handle; answered by a ``Reply`` once
+    the handler returned (the ack). Unanswered (the worker died, the request timed
+    out), it is delivered again, with ``attempt`` one higher."""
+
+    TYPE: ClassVar[str] = "event"
+    id: int
+    name: str
+    #: The event's data as JSON text, as the publisher gave it.
+    json: bytes
+    #: 1 for the first delivery, 2 for the first redelivery...
+    attempt: int = 1
+    #: The publishing service's name.
+    source: str | None = None
+    #: When it was published: milliseconds since the Unix epoch (engine clock).
+    time: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Result:
     """Engine → worker: the answer to a ``Query`` (``data`` is JSON text)."""
 
@@ -272,7 +298,9 @@ class Query:
     """Worker → engine: ask for state; answered by a ``Result`` with the same id.
 
     ``what``: ``"rooms"`` (of ``conn``), ``"members"`` (connection ids in ``room``),
-    ``"presence"`` (the users in ``room``) or ``"online"`` (whether ``user`` is online).
+    ``"presence"`` (the users in ``room``), ``"online"`` (whether ``user`` is online)
+    or ``"history"`` (v2: the kept events of ``room``, after ``since`` of ``epoch``, at
+    most ``limit``).
     """
 
     TYPE: ClassVar[str] = "query"
@@ -281,6 +309,25 @@ class Query:
     conn: int | None = None
     room: str | None = None
     user: str | None = None
+    #: history: events after this seq (None: the newest ``limit``).
+    since: int | None = None
+    #: history: the epoch ``since`` belongs to (None: the stream's current one).
+    epoch: str | None = None
+    #: history: at most this many events (default 100, at most 1000).
+    limit: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Worker → engine (v2): publish a service event; answered by a ``Result`` once it
+    is queued for every subscribing service (``json``: ``{"services": [...]}``), or
+    with an error (``OVERLOADED`` past a subscriber's bound, ``BAD_REQUEST``...)."""
+
+    TYPE: ClassVar[str] = "publish"
+    id: int
+    name: str
+    #: The event's data as JSON text (UTF-8).
+    json: bytes
 
 
 # ----------------------------------------------------------- both ways

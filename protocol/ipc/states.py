@@ -19,17 +19,19 @@ R6  After the handshake, requests, answers, commands, notifications, pings and p
     flow, each only in the direction §4 gives it. A receiver never decodes a type
     from the wrong direction (``UNKNOWN_TYPE``, codec.py), so the receive table holds
     only the types a side receives; ``send`` refuses a type the table has no row for.
-R7  A request (engine: ``http``, ``connect``, ``message``; worker: ``query``) puts its
-    id in flight; an id may not be reused while in flight.
-R8  An answer (``reply`` to a request, ``result`` to a query) must answer an id in
-    flight, and takes it out: a second answer, or one to an id never sent, is refused.
+R7  A request (engine: ``http``, ``connect``, ``message``, ``event``; worker: ``query``,
+    ``publish``) puts its id in flight; an id may not be reused while in flight.
+R8  An answer (``reply`` to an engine request, ``result`` to a worker's) must answer an
+    id in flight, and takes it out: a second answer, or one to an id never sent, is
+    refused.
 R9  Except an expired id (the requester gave up, timeout §7): its late answer is
     accepted once, for the caller to drop. The last ``MAX_EXPIRED`` are remembered.
 R10 ``drain`` (either side, after the handshake, any number of times) moves to
-    DRAINING. After a side sent drain, the other sends it no new ``http``, ``connect``
-    or ``message``. Queries are exempt: the engine answers queries after its own
-    drain, and a worker may query a draining engine. Everything else goes on, and
-    drain does not limit what its sender sends.
+    DRAINING. After a side sent drain, the other sends it no new ``http``, ``connect``,
+    ``message`` or ``event``. The worker's requests are exempt: the engine answers
+    queries and publishes after its own drain, and a worker may query (or publish to)
+    a draining engine. Everything else goes on, and drain does not limit what its
+    sender sends.
 R11 CLOSED: nothing is sent, nothing more is received (bytes after a reject are
     ignored): ``send`` refuses, ``next_message`` returns None.
 R12 Commands are applied in the order received (§4.3): the engine's dispatcher keeps
@@ -205,7 +207,9 @@ PEER_HAS_NOT_DRAINED = (Phase.READY, Phase.WE_DRAINED)
 PEER_HAS_DRAINED = (Phase.PEER_DRAINED, Phase.BOTH_DRAINED)
 CLOSED = (Phase.CLOSED,)
 
-ENGINE_REQUESTS = (m.HttpRequest, m.Connect, m.Message)
+ENGINE_REQUESTS = (m.HttpRequest, m.Connect, m.Message, m.Event)
+#: The worker's requests, answered by ``result`` (R7), allowed after a drain (R10).
+WORKER_REQUESTS = (m.Query, m.Publish)
 COMMANDS = (m.Join, m.Leave, m.Emit, m.Close)
 NOTIFICATIONS = (m.Disconnect, m.Presence)
 HEARTBEAT = (m.Ping, m.Pong)
@@ -218,8 +222,8 @@ ROWS: tuple[Row, ...] = (
     Row("R1",  WORKER, SEND, HANDSHAKE, OTHERS, REFUSE, why="{t} before the welcome"),
     Row("R5",  WORKER, SEND, LIVE, (m.Hello,), REFUSE, why="hello already sent"),
     Row("R6",  WORKER, SEND, LIVE, COMMANDS),
-    Row("R7",  WORKER, SEND, PEER_HAS_NOT_DRAINED, (m.Query,), REQUEST),
-    Row("R10", WORKER, SEND, PEER_HAS_DRAINED, (m.Query,), REQUEST),
+    Row("R7",  WORKER, SEND, PEER_HAS_NOT_DRAINED, WORKER_REQUESTS, REQUEST),
+    Row("R10", WORKER, SEND, PEER_HAS_DRAINED, WORKER_REQUESTS, REQUEST),
     Row("R8",  WORKER, SEND, LIVE, (m.Reply,), ANSWER),
     # ---------------------------------------------------- engine sends (→ worker)
     Row("R2",  ENGINE, SEND, BEFORE_HELLO, (m.Welcome, m.Reject), REFUSE,
@@ -247,8 +251,8 @@ ROWS: tuple[Row, ...] = (
     Row("R1",  ENGINE, RECEIVE, AFTER_HELLO, OTHERS, REFUSE, why="{t} before our welcome"),
     Row("R5",  ENGINE, RECEIVE, LIVE, (m.Hello,), REFUSE, why="hello after the handshake"),
     Row("R6",  ENGINE, RECEIVE, LIVE, COMMANDS),
-    Row("R7",  ENGINE, RECEIVE, WE_HAVE_NOT_DRAINED, (m.Query,), REQUEST),
-    Row("R10", ENGINE, RECEIVE, WE_HAVE_DRAINED, (m.Query,), REQUEST),
+    Row("R7",  ENGINE, RECEIVE, WE_HAVE_NOT_DRAINED, WORKER_REQUESTS, REQUEST),
+    Row("R10", ENGINE, RECEIVE, WE_HAVE_DRAINED, WORKER_REQUESTS, REQUEST),
     Row("R8 R9", ENGINE, RECEIVE, LIVE, (m.Reply,), ANSWER),
     # ---------------------------------------------------- worker receives (engine →)
     Row("R2",  WORKER, RECEIVE, BEFORE_HELLO, OTHERS, REFUSE, why="{t} before our hello"),

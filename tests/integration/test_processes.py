@@ -240,7 +240,11 @@ def test_bad_ipc_frames_drop_only_that_connection() -> None:
                         name="ghost",
                         http=[m.HttpRoute(action="ready", method="GET", path="/ghost/ready")],
                     )
-                    sock.sendall(conn.send(m.Hello(versions=[1], service=reg, pid=os.getpid())))
+                    sock.sendall(
+                        conn.send(
+                            m.Hello(versions=[m.PROTOCOL_VERSION], service=reg, pid=os.getpid())
+                        )
+                    )
                     welcome = None
                     while welcome is None:
                         conn.receive_data(sock.recv(65536))
@@ -330,7 +334,9 @@ def test_engine_shutdown_sends_drain_to_workers() -> None:
         ):
             conn = IpcConn(Role.WORKER)
             reg = m.Registration(name="hand", http=[])
-            sock.sendall(conn.send(m.Hello(versions=[1], service=reg, pid=os.getpid())))
+            sock.sendall(
+                conn.send(m.Hello(versions=[m.PROTOCOL_VERSION], service=reg, pid=os.getpid()))
+            )
             received: list[Any] = []
             while not received:
                 conn.receive_data(sock.recv(65536))

@@ -155,9 +155,10 @@ def test_documented_rejections(body: bytes, reason: IpcError) -> None:
 
 def _pair() -> tuple[IpcConn, IpcConn]:
     engine, worker = IpcConn(Role.ENGINE), IpcConn(Role.WORKER)
-    engine.receive_data(worker.send(m.Hello(versions=[1], service=m.Registration("s"))))
+    hello = m.Hello(versions=[m.PROTOCOL_VERSION], service=m.Registration("s"))
+    engine.receive_data(worker.send(hello))
     assert isinstance(engine.next_message(), m.Hello)
-    worker.receive_data(engine.send(m.Welcome(1, 1, engine.max_frame, 5.0)))
+    worker.receive_data(engine.send(m.Welcome(m.PROTOCOL_VERSION, 1, engine.max_frame, 5.0)))
     assert isinstance(worker.next_message(), m.Welcome)
     return engine, worker
 

@@ -47,12 +47,14 @@ MESSAGE_TYPES = [
 ]
 
 SAMPLE: dict[type, Any] = {
-    m.Hello: m.Hello(versions=[1], service=m.Registration("s")),
-    m.Welcome: m.Welcome(version=1, worker=1, max_frame=1 << 20, heartbeat=5.0),
+    m.Hello: m.Hello(versions=[m.PROTOCOL_VERSION], service=m.Registration("s")),
+    m.Welcome: m.Welcome(version=m.PROTOCOL_VERSION, worker=1, max_frame=1 << 20, heartbeat=5.0),
     m.Reject: m.Reject(code="VERSION", message="no common version"),
     m.HttpRequest: m.HttpRequest(id=1, action="a", method="GET", path="/a"),
     m.Connect: m.Connect(id=1, conn=7, path="/ws"),
     m.Message: m.Message(id=1, conn=7, type="chat.send", json=b"{}"),
+    m.Event: m.Event(id=1, name="room.created", json=b"{}"),
+    m.Publish: m.Publish(id=1, name="room.created", json=b"{}"),
     m.Disconnect: m.Disconnect(conn=7, code=1000),
     m.Presence: m.Presence(user="u", online=True),
     m.Result: m.Result(id=1, json=b"[]"),
@@ -73,7 +75,10 @@ SENDS = {Role.ENGINE: ENGINE_SENDS, Role.WORKER: WORKER_SENDS}
 RECEIVES = {Role.ENGINE: WORKER_SENDS, Role.WORKER: ENGINE_SENDS}
 HANDSHAKE_TYPES = (m.Hello, m.Welcome, m.Reject)
 LIVE = (Phase.READY, Phase.WE_DRAINED, Phase.PEER_DRAINED, Phase.BOTH_DRAINED)
-REQUESTS = {Role.ENGINE: (m.HttpRequest, m.Connect, m.Message), Role.WORKER: (m.Query,)}
+REQUESTS = {
+    Role.ENGINE: (m.HttpRequest, m.Connect, m.Message, m.Event),
+    Role.WORKER: (m.Query, m.Publish),
+}
 ANSWERS = {Role.ENGINE: m.Result, Role.WORKER: m.Reply}  # what each role sends back
 BOTH = pytest.mark.parametrize("role", [Role.ENGINE, Role.WORKER], ids=["engine", "worker"])
 
@@ -201,7 +206,8 @@ def test_r3_no_common_version_is_the_engines_to_reject_not_a_state_error() -> No
 
 def test_r3_welcome_version_must_be_the_workers() -> None:
     worker = conn_in(Role.WORKER, Phase.AFTER_HELLO)
-    refused_on_receive(worker, dataclasses.replace(SAMPLE[m.Welcome], version=2), IpcError.VERSION)
+    other_version = dataclasses.replace(SAMPLE[m.Welcome], version=m.PROTOCOL_VERSION + 1)
+    refused_on_receive(worker, other_version, IpcError.VERSION)
     worker = conn_in(Role.WORKER, Phase.AFTER_HELLO)
     receive(worker, dataclasses.replace(SAMPLE[m.Welcome], max_frame=4096))
     assert worker.peer_max_frame == 4096

@@ -122,7 +122,7 @@ async def test_hello_on_the_wire_carries_the_registration() -> None:
     async with running(service) as run:
         hello = run.peer.hello
         assert hello is not None
-        assert hello.versions == [1]
+        assert hello.versions == [2]
         assert hello.pid == os.getpid()
         assert hello.max_frame == 8 * 1024 * 1024
         assert hello.service == service.registration()
