@@ -532,6 +532,7 @@ class Service:
                 per_connection=opts.per_connection,
                 concurrent=sorted(router.concurrent),
                 presence=router.presence_handler is not None,
+                not_idempotent=sorted(router.not_idempotent),
             )
         elif router.has_handlers:
             raise ValueError(

@@ -47,6 +47,9 @@ class WsHandlerOptions(TypedDict, total=False):
     auth: AuthOption
     #: ``True``: runs alongside the connection's other messages (no ordering).
     concurrent: bool
+    #: ``False``: a message repeating a recent ``id`` runs the handler again instead of
+    #: getting the remembered ack (default ``True``: docs/sdk.md, "Retried requests").
+    idempotent: bool
 
 
 class WsGroupOptions(TypedDict, total=False):
@@ -58,6 +61,9 @@ class WsGroupOptions(TypedDict, total=False):
 
 #: ``def cb(group)``: registers the group's handlers on the group it is given.
 WsGroupCallback = Callable[["WsGroup"], Any]
+
+#: The keys of ``WsHandlerOptions``.
+_HANDLER_OPTIONS = ("auth", "concurrent", "idempotent")
 
 # Distinct message types seen is bounded by the registration except with a catch-all,
 # where clients choose them: keep the per-type middleware cache small.
@@ -88,6 +94,8 @@ class WsRouter:
         self.handlers: dict[str, _Route] = {}
         #: Types whose handlers run without waiting for the connection's other messages.
         self.concurrent: set[str] = set()
+        #: Types whose repeated ids run the handler again (``idempotent=False``).
+        self.not_idempotent: set[str] = set()
         #: Group prefixes, e.g. ``"chat."``.
         self.prefixes: list[str] = []
         self.catch_all: WsHandler | None = None
@@ -110,6 +118,7 @@ class WsRouter:
         *,
         auth: AuthOption | None = None,
         concurrent: bool | None = None,
+        idempotent: bool | None = None,
     ) -> Callable[[F], F]: ...
     @overload
     def on(self, type: str, opts: WsHandlerOptions, fn: F, /) -> F: ...
@@ -124,6 +133,7 @@ class WsRouter:
         *,
         auth: AuthOption | None = None,
         concurrent: bool | None = None,
+        idempotent: bool | None = None,
     ) -> Any:
         """Handle messages whose ``type`` is exactly ``type``.
 
@@ -134,16 +144,20 @@ class WsRouter:
         ``auth=True`` answers ``UNAUTHORIZED`` to a message without a verified identity.
         ``concurrent=True`` lets these messages run alongside the connection's others
         instead of waiting their turn (no ordering: for typing indicators and the like).
+        ``idempotent=False``: a message that repeats a recent ``id`` of the same user
+        (a client's retry) runs the handler again; by default the engine answers it
+        with the first one's ack.
         """
         options, fn = split_options(
             f"ws.on({type!r})",
             opts,
             fn,
-            {"auth": auth, "concurrent": concurrent},
-            ("auth", "concurrent"),
+            {"auth": auth, "concurrent": concurrent, "idempotent": idempotent},
+            _HANDLER_OPTIONS,
         )
         required = auth_mode(options.get("auth", False)) == "required"
         parallel = bool(options.get("concurrent", False))
+        once = bool(options.get("idempotent", True))
 
         def register(handler: F) -> F:
             check_async(handler, f"handler of {type!r}")
@@ -152,6 +166,8 @@ class WsRouter:
             self.handlers[type] = _Route(handler, required)
             if parallel:
                 self.concurrent.add(type)
+            if not once:
+                self.not_idempotent.add(type)
             return handler
 
         return register if fn is None else register(fn)
@@ -314,6 +330,7 @@ class WsGroup:
         *,
         auth: AuthOption | None = None,
         concurrent: bool | None = None,
+        idempotent: bool | None = None,
     ) -> Callable[[F], F]: ...
     @overload
     def on(self, name: str, opts: WsHandlerOptions, fn: F, /) -> F: ...
@@ -328,6 +345,7 @@ class WsGroup:
         *,
         auth: AuthOption | None = None,
         concurrent: bool | None = None,
+        idempotent: bool | None = None,
     ) -> Any:
         """Handle type ``prefix + name`` (same forms as ``WsRouter.on``); ``auth``
         defaults to the group's."""
@@ -335,13 +353,14 @@ class WsGroup:
             f"ws.on({self.prefix + name!r})",
             opts,
             fn,
-            {"auth": auth, "concurrent": concurrent},
-            ("auth", "concurrent"),
+            {"auth": auth, "concurrent": concurrent, "idempotent": idempotent},
+            _HANDLER_OPTIONS,
         )
         register: Callable[[F], F] = self.router.on(
             self.prefix + name,
             auth=options.get("auth", self.auth_required),
             concurrent=options.get("concurrent"),
+            idempotent=options.get("idempotent"),
         )
         return register if fn is None else register(fn)
 

@@ -89,6 +89,9 @@
       this.ws = null;
       this.attempt = 0;
       this.nextId = 1;
+      // Ids unique to this client (not only its connection): the engine answers a
+      // repeated id of the same user from memory, and two tabs counting from 1 would collide.
+      this.idPrefix = `r${Math.random().toString(36).slice(2, 10)}.`;
       this.pending = new Map(); // id -> {resolve, reject, timer}
       this.listeners = new Map(); // event type (or "*") -> Set of functions
       this.stateListeners = new Set();
@@ -160,14 +163,22 @@
       return this.state === "open";
     }
 
-    /** Send `type` with `data` and resolve with the ack's data (reject with a LinkdError). */
-    request(type, data, timeout) {
+    /**
+     * Send `type` with `data` and resolve with the ack's data (reject with a LinkdError).
+     * `id` (default: a new one): the same id again after DISCONNECTED is a retry, answered
+     * from memory by the engine if the first was handled (docs/clients.md).
+     */
+    request(type, data, timeout, id) {
       return new Promise((resolve, reject) => {
         if (!this.connected) {
           reject(new LinkdError("DISCONNECTED", "not connected"));
           return;
         }
-        const id = `r${this.nextId++}`;
+        if (id === undefined || id === null) id = `${this.idPrefix}${this.nextId++}`;
+        else if (this.pending.has(id)) {
+          reject(new LinkdError("BAD_REQUEST", `a request with id ${id} is already waiting`));
+          return;
+        }
         const ms = timeout || this.options.requestTimeout;
         const timer = setTimeout(() => {
           this.pending.delete(id);

@@ -111,6 +111,8 @@ class Metrics(Collector):
         self.ws_throttled = 0
         #: Room joins refused: the connection was in max_rooms_per_connection rooms.
         self.ws_joins_refused = 0
+        #: Acks of a repeated message id sent from the replay cache (handler not run).
+        self.ws_replayed_acks = 0
         #: WebSocket upgrades refused by a connection cap, by reason.
         self.ws_refused: dict[str, int] = {"per_ip": 0, "rate": 0, "global": 0}
         self.registry = CollectorRegistry(auto_describe=False)
@@ -280,6 +282,11 @@ class Metrics(Collector):
             "linkd_ws_joins_refused",
             "Room joins refused because the connection was in --max-rooms-per-connection rooms",
             value=self.ws_joins_refused,
+        )
+        yield CounterMetricFamily(
+            "linkd_ws_replayed_acks",
+            "Acks of a repeated message id answered from memory (the handler did not run again)",
+            value=self.ws_replayed_acks,
         )
         refused = CounterMetricFamily(
             "linkd_ws_refused_connections",

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from engine.services.events import EventRouter
+from engine.services.replay import ReplayCache
 from engine.services.workers import Call, Link, MakeRequest, ServiceError, Worker
 from protocol import ErrorCode, LocalProtocolError
 from protocol.ipc import messages as m
@@ -144,6 +145,8 @@ class Registry:
         state.metrics.workers_source = self.live_workers
         #: Events between services: the broker's queues, handed to the workers.
         self.events = EventRouter(self, state.broker.events)
+        #: Recent WebSocket acks of every service, so a retried message id runs once.
+        self.replay = ReplayCache(state.loop.time)
 
     def live_workers(self) -> dict[str, int]:
         """Live (not draining) workers by service: the ``linkd_service_workers`` gauge."""

@@ -1,13 +1,16 @@
 """Service routes: HTTP actions and WebSocket endpoints that forward to workers over IPC.
 
-The client contract (DESIGN §2) lives here: a client frame ``{type, data, id}`` is
+The client contract (docs/ipc.md §4.2) lives here: a client frame ``{type, data, id}`` is
 parsed once, routed by type (exact, group prefix, catch-all), forwarded as the
 client's own text, and the worker's reply becomes the ack ``{id, type, data}`` or
-``{id, type, error}``, built by concatenating JSON texts (nothing re-encoded).
+``{id, type, error}``, built by concatenating JSON texts (nothing re-encoded). A message
+whose id was seen lately from the same user (or connection) is answered from the
+node's ``ReplayCache`` (engine/services/replay.py) instead of running again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -34,6 +37,12 @@ __all__ = ["mount_service"]
 log = logging.getLogger("linkd.services")
 
 _KNOWN_CODES = {code.value: code for code in ErrorCode}
+
+#: Errors after which the handler may not have run (the worker went away, the call
+#: was never handed over or not answered in time): a retry must run, not be told so.
+_NOT_REMEMBERED = frozenset(
+    {ErrorCode.TIMEOUT, ErrorCode.SERVICE_UNAVAILABLE, ErrorCode.OVERLOADED}
+)
 
 
 def _error_from_reply(error: m.ErrorInfo) -> ServiceError:
@@ -127,6 +136,9 @@ class ServiceWsEndpoint(WebSocketEndpoint):
         self.types = frozenset(route.types)
         self.prefixes = tuple(route.prefixes)
         self.concurrent = frozenset(route.concurrent)
+        #: Types whose repeats run the handler again (``idempotent: False``).
+        self.not_idempotent = frozenset(route.not_idempotent)
+        self.replay = entry.registry.replay
         # Binary frames are not forwarded in protocol version 1: close 1003.
         self.accept_binary = False
         # Over the rate, a message is refused (RATE_LIMITED), not waited for: the
@@ -228,36 +240,13 @@ class ServiceWsEndpoint(WebSocketEndpoint):
         return coro  # at the limit: the next message waits for this one
 
     async def _forward(self, ws: WebSocket, raw: bytes, message_type: str, msg_id: Any) -> None:
-        remote = f"{ws.remote[0]}:{ws.remote[1]}" if ws.remote else None
         try:
-
-            def make(request_id: int) -> m.Message:
-                return m.Message(
-                    id=request_id,
-                    conn=ws.id,
-                    type=message_type,
-                    json=raw,
-                    auth=ws.auth,
-                    remote=remote,
-                )
-
-            try:
-                reply = await _call(self.entry, make)
-            except ServiceError as err:
-                self._error_event(ws, msg_id, message_type, err.code, err.message, err.details)
-                return
-            if msg_id is None:
-                return
-            frame = (
-                b'{"id":'
-                + orjson.dumps(msg_id)
-                + b',"type":'
-                + orjson.dumps(message_type)
-                + b',"data":'
-                + (reply.json if reply.json is not None else b"null")
-                + b"}"
-            )
-            self._send_text(ws, frame)
+            if msg_id is None or message_type in self.not_idempotent:
+                frame, _ = await self._answer(ws, raw, message_type, msg_id)
+            else:
+                frame = await self._answer_once(ws, raw, message_type, msg_id)
+            if frame is not None:
+                self._send_text(ws, frame)
         finally:
             if self.route.per_connection > 1:
                 left = self._concurrent.get(ws.id, 1) - 1
@@ -265,6 +254,72 @@ class ServiceWsEndpoint(WebSocketEndpoint):
                     self._concurrent[ws.id] = left
                 else:
                     self._concurrent.pop(ws.id, None)
+
+    async def _answer_once(
+        self, ws: WebSocket, raw: bytes, message_type: str, msg_id: Any
+    ) -> bytes | None:
+        """The ack of a message with an id, from the replay cache when it is a repeat.
+
+        Claimed before the first await: of two copies arriving together (two
+        connections of one user), exactly one runs.
+        """
+        replay = self.replay
+        # Anonymous: the connection (a reconnection is a new one); else the user, on
+        # any of their connections to this node.
+        who: str | int = ws.user_id if ws.user_id is not None else ws.id
+        key = (self.route.path, who, msg_id)
+        digest = hash(raw)
+        while True:
+            found = replay.claim(key, digest)
+            if found is None:
+                break
+            answer = found if isinstance(found, bytes) else await asyncio.shield(found)
+            if answer is not None:
+                self.state.metrics.ws_replayed_acks += 1
+                return answer
+            # The first gave up without an answer (cancelled): claim again.
+        frame: bytes | None = None
+        remember = False
+        try:
+            frame, remember = await self._answer(ws, raw, message_type, msg_id)
+        finally:
+            replay.finish(key, digest, frame, remember)
+        return frame
+
+    async def _answer(
+        self, ws: WebSocket, raw: bytes, message_type: str, msg_id: Any
+    ) -> tuple[bytes | None, bool]:
+        """Forward to a worker: the frame to send (None: nothing, a message without an
+        id that succeeded) and whether a repeat may be told the same."""
+        remote = f"{ws.remote[0]}:{ws.remote[1]}" if ws.remote else None
+
+        def make(request_id: int) -> m.Message:
+            return m.Message(
+                id=request_id,
+                conn=ws.id,
+                type=message_type,
+                json=raw,
+                auth=ws.auth,
+                remote=remote,
+            )
+
+        try:
+            reply = await _call(self.entry, make)
+        except ServiceError as err:
+            frame = self._error_frame(msg_id, message_type, err.code, err.message, err.details)
+            return frame, err.code not in _NOT_REMEMBERED
+        if msg_id is None:
+            return None, False
+        frame = (
+            b'{"id":'
+            + orjson.dumps(msg_id)
+            + b',"type":'
+            + orjson.dumps(message_type)
+            + b',"data":'
+            + (reply.json if reply.json is not None else b"null")
+            + b"}"
+        )
+        return frame, True
 
     # ---------------------------------------------------------- rate limits
     def on_rate_limited(self, ws: WebSocket, data: str | bytes, retry_after: float) -> None:
@@ -305,13 +360,25 @@ class ServiceWsEndpoint(WebSocketEndpoint):
         details: bytes | None = None,
         retry_after: float | None = None,
     ) -> None:
+        self._send_text(
+            ws, self._error_frame(msg_id, message_type, code, message, details, retry_after)
+        )
+
+    @staticmethod
+    def _error_frame(
+        msg_id: Any,
+        message_type: str | None,
+        code: ErrorCode,
+        message: str,
+        details: bytes | None = None,
+        retry_after: float | None = None,
+    ) -> bytes:
         frame = b"{"
         if msg_id is not None:
             frame += b'"id":' + orjson.dumps(msg_id) + b","
         frame += b'"type":' + orjson.dumps(message_type if message_type is not None else "error")
         error = _error_json(ServiceError(code, message, details), retry_after)
-        frame += b',"error":' + error + b"}"
-        self._send_text(ws, frame)
+        return frame + b',"error":' + error + b"}"
 
     def _send_text(self, ws: WebSocket, payload: bytes) -> None:
         threshold = self.state.limits.compression_threshold

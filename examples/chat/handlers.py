@@ -186,8 +186,10 @@ async def presence(ctx: PresenceContext) -> None:
 def chat(group: WsGroup) -> None:
     """The ``chat.*`` handlers, on the group ``register`` makes."""
     group.use(guard_outages)
-    group.on("join", join)
-    group.on("leave", leave)
+    # Joining and leaving change this connection's rooms: a retried id after a
+    # reconnect must run again on the new connection, not get the old one's answer.
+    group.on("join", {"idempotent": False}, join)
+    group.on("leave", {"idempotent": False}, leave)
     group.on("send", send)
     # Typing indicators need no order and must not queue behind a slow history query.
     group.on("typing", {"concurrent": True}, typing)

@@ -39,8 +39,8 @@ __all__ = [
 ]
 
 #: The version this implementation speaks (docs/ipc.md §1). Version 2 added events
-#: between services (``publish``, ``event``, ``Registration.events``) and room history
-#: (``query`` ``what: "history"``); see docs/ipc.md §8 for what changed.
+#: between services (``publish``, ``event``, ``Registration.events``), room history
+#: (``query`` ``what: "history"``) and ``WsRoute.not_idempotent``; see docs/ipc.md §8.
 PROTOCOL_VERSION = 2
 
 Headers = list[tuple[str, str]]
@@ -83,6 +83,9 @@ class WsRoute:
     concurrent: list[str] = field(default_factory=list)
     #: Whether the service wants ``presence`` notifications (users online/offline).
     presence: bool = False
+    #: Types whose handlers opted out of idempotent requests (v2): a message repeating
+    #: a recent id runs the handler again instead of getting the remembered ack.
+    not_idempotent: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

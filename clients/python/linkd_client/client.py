@@ -17,6 +17,7 @@ import contextlib
 import inspect
 import itertools
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeAlias
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -97,6 +98,10 @@ class Client:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._ids = itertools.count(1)
+        # Ids unique to this client, not only to its connection: the engine answers a
+        # repeated id of the same user from memory (docs/clients.md, "Retrying a
+        # request"), and two clients of one user both counting from 1 would collide.
+        self._id_prefix = f"c{secrets.token_hex(4)}."
         self._pending: dict[str, asyncio.Future[Event]] = {}
         self._handlers: dict[str, list[Handler]] = {}
         self._state_callbacks: list[StateCallback] = []
@@ -160,17 +165,31 @@ class Client:
             await self._open_event.wait()
 
     # ------------------------------------------------------------------ messages
-    async def request(self, type: str, data: Any = None, timeout: float | None = None) -> Any:  # noqa: ASYNC109
+    async def request(
+        self,
+        type: str,
+        data: Any = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+        *,
+        id: str | None = None,
+    ) -> Any:
         """Send ``{"type", "data", "id"}`` and return the data of its ack.
+
+        ``id``: the message id (default: a new one). Sending a request again with the
+        same id after a ``ConnectionLostError`` is a retry: the engine answers it from
+        memory if the first one was handled (docs/clients.md, "Retrying a request").
 
         Raises:
             ClientError: the ack carries an error.
             TimeoutError: no ack within ``timeout`` (default ``request_timeout``) seconds.
             ConnectionLostError: not connected, or the connection closed before the ack;
                 the request is not resent after a reconnection.
+            ValueError: a request with this ``id`` is still waiting for its ack.
         """
         ws = self._connection()
-        msg_id = f"c{next(self._ids)}"
+        msg_id = id if id is not None else f"{self._id_prefix}{next(self._ids)}"
+        if msg_id in self._pending:
+            raise ValueError(f"a request with id {msg_id!r} is already waiting for its ack")
         future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
         self._pending[msg_id] = future
         try:
