@@ -1,7 +1,7 @@
 """The one table of WebSocket close codes and client-facing error codes.
 
 Close codes follow RFC 6455 §7.4.1; error codes are the ``error.code`` strings of
-the client contract (DESIGN.md §2), each tied to exactly one HTTP status. Engine,
+the client contract (docs/ipc.md §4.2), each tied to exactly one HTTP status. Engine,
 SDK and docs all read from here, so a code cannot mean two things.
 """
 

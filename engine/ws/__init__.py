@@ -1,2 +1,2 @@
-"""One upgraded connection: the pump over protocol.ws.WsConn, its outbound cork, lossy
-backlog, inbound queue and guards."""
+"""One upgraded connection: the pump over protocol.ws.WsConn (protocol.py) and its jobs,
+one module each: facade, outbound cork, lossy backlog, inbound queue, guards, timers."""

@@ -1,0 +1,161 @@
+"""Outbound: every frame a connection sends goes through ``_queue``, the cork.
+
+Frames are corked until the end of the loop iteration (engine/core/corker.py calls
+``flush``: one system call for everything a connection got in one iteration) and
+counted against ``max_outbound_bytes``: a connection whose unsent bytes pass it is sent
+1013 and given ``close_timeout`` to read it before TCP is dropped, so memory stays
+bounded (the ``disconnect`` slow-consumer policy; the lossy ones are lossy.py).
+``send_prepared`` is the fan-out path (engine/hub/fanout.py): a message encoded once
+for every recipient; ``send_now`` writes a lone publish at once instead of corking it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from engine.limits.slow import Policy
+from engine.ws.base import WsBase
+from protocol import CloseCode
+from protocol.ws import OutboundMessage, WsState
+
+__all__ = ["Outbound"]
+
+log = logging.getLogger("linkd.ws")
+
+
+class Outbound(WsBase):
+    __slots__ = ()
+
+    def send_prepared(
+        self, message: OutboundMessage, policy: Policy | None = None, key: str | None = None
+    ) -> bool:
+        """Queue a pre-built message (the fan-out path: encoded once for everyone).
+
+        ``policy`` overrides the path's slow-consumer policy for this message (an
+        event-type rule); ``key`` is its conflation key (target and event type).
+        """
+        if not self._conn.raw_allowed or self._closed:
+            self._state.metrics.dropped_messages += 1
+            return False
+        frame = self._frame(message)
+        if self._policy is not None:
+            self._queue_message(frame, self._policy if policy is None else policy, key)
+        else:
+            self._queue(frame)
+        self._state.metrics.ws_messages_out += 1
+        return True
+
+    def _frame(self, message: OutboundMessage) -> bytes:
+        """The frame of a pre-built message this connection takes (engine/hub/fanout.py)."""
+        conn = self._conn
+        deflate = conn.deflate
+        if deflate is None:
+            return message.plain  # the common case, without the method call
+        shared = None
+        if deflate.shared_key is not None:
+            shared = self._state.shared_deflater(deflate.shared_key)
+        return conn.prepared(message, shared)
+
+    def send_now(
+        self, message: OutboundMessage, policy: Policy | None = None, key: str | None = None
+    ) -> bool:
+        """``send_prepared`` then write at once, without corking (a lone publish on an
+        idle engine: the first subscribers are served while the others are queued)."""
+        transport = self._transport
+        if (
+            self._out is not None
+            or self._policy is not None
+            or self._closed
+            or transport is None
+            or not self._conn.raw_allowed
+        ):
+            sent = self.send_prepared(message, policy, key)
+            self.flush()
+            return sent
+        state = self._state
+        frame = self._frame(message)
+        size = len(frame)
+        if transport.get_write_buffer_size() + size > state.limits.max_outbound_bytes:
+            state.metrics.dropped_messages += 1
+            self._slow_consumer()
+            return True  # it was sent to us; the connection is what failed
+        transport.write(frame)
+        metrics = state.metrics
+        metrics.ws_messages_out += 1
+        metrics.ws_bytes_out += size
+        return True
+
+    def _queue(self, frame: bytes) -> None:
+        if self._closed:
+            return
+        transport = self._transport
+        assert transport is not None
+        out = self._out
+        size = len(frame)
+        if out is None:
+            # The transport's buffer cannot change before our flush: read it once per
+            # iteration, then count down what is left under the cap.
+            left = self._state.limits.max_outbound_bytes - transport.get_write_buffer_size()
+        else:
+            left = self._room
+        left -= size
+        if left < 0 and self._conn.state is WsState.OPEN:
+            # The frame that tipped it over is dropped along with the corked ones.
+            self._state.metrics.dropped_messages += 1
+            self._slow_consumer()
+            return
+        self._room = left
+        if out is None:
+            # One frame is kept as is: a list per connection per message would be a
+            # container for the garbage collector to promote and walk.
+            self._out = frame
+            self._out_bytes = size
+            self._state.corker.add(self)
+        else:
+            if isinstance(out, bytes):
+                self._out = [out, frame]
+            else:
+                out.append(frame)
+            self._out_bytes += size
+
+    def flush(self) -> None:
+        """Write every corked frame in one system call (called by the Corker)."""
+        out = self._out
+        if out is None:
+            return
+        self._out = None
+        size, self._out_bytes = self._out_bytes, 0
+        transport = self._transport
+        if transport is None or self._closed or transport.is_closing():
+            return
+        self._state.metrics.ws_bytes_out += size
+        if isinstance(out, bytes):
+            transport.write(out)
+        else:
+            transport.writelines(out)
+        if self._backlog is not None:
+            self._release()  # not paused by that write: the next chunk, next iteration
+
+    def _slow_consumer(self) -> None:
+        """Over the outbound cap: drop what is corked, say 1013, give it time to read."""
+        metrics = self._state.metrics
+        metrics.slow_consumers += 1
+        metrics.count_slow_consumer(Policy.DISCONNECT)
+        out = self._out
+        if out is not None:
+            metrics.dropped_messages += 1 if isinstance(out, bytes) else len(out)
+            self._out = None  # still registered with the corker: flush() sees None
+            self._out_bytes = 0
+        if self._backlog is not None:
+            metrics.dropped_messages += len(self._backlog)
+            self._backlog = None
+        log.warning(
+            "ws %d: slow consumer on %s from %s, user %s: closing with 1013",
+            self.id,
+            self.request.path,
+            self.remote[0] if self.remote else "-",
+            self.user_id or "-",
+        )
+        # The close frame goes behind what the kernel already holds; the peer sees
+        # it if it ever reads again, and TCP is dropped after close_timeout if not.
+        self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer")
