@@ -51,12 +51,7 @@ GRAPHED = ("engine", "sdk")
 
 #: Circles known and owned elsewhere, each with its reason: printed, not failed. Keep
 #: this empty; an entry is debt with a name on it.
-KNOWN_CIRCLES: dict[frozenset[str], str] = {
-    # Context's ``service`` attribute is annotated with Service (TYPE_CHECKING only),
-    # and service.py builds contexts. Owner: the SDK (issue 11: a protocol of what a
-    # context reads of its service, ``name``/``logger``/``db``, would cut it).
-    frozenset({"sdk.context", "sdk.service"}): "TYPE_CHECKING annotation of Context.service",
-}
+KNOWN_CIRCLES: dict[frozenset[str], str] = {}
 
 
 def imports_of(path: Path) -> set[str]:

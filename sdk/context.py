@@ -5,20 +5,30 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 from urllib.parse import parse_qs, parse_qsl
 
 import orjson
 
 from protocol.ipc import messages as m
 
-from .encoding import describe_unencodable
+from .encoding import describe_unencodable, event_text
 from .errors import BadRequestError, InternalError
 from .history import DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, RoomHistory
+from .link import Link
 from .watchers import MAX_WATCHED_ROOMS, MAX_WATCHERS, WatcherEmitter, find_watchers
 
-if TYPE_CHECKING:
-    from .service import Service
+
+class Service(Protocol):
+    """What a context reads of its service (sdk/service.py's ``Service`` is the one).
+
+    Stated here so that context.py never imports service.py, which builds contexts:
+    no import circle, not even for the type checker."""
+
+    name: str
+    logger: logging.Logger
+    db: Any
+
 
 __all__ = [
     "AuthUser",
@@ -36,32 +46,6 @@ __all__ = [
     "WsMessage",
     "parse_body",
 ]
-
-
-class Link(Protocol):
-    """The engine connection a context issues commands on (implemented by the worker)."""
-
-    def command(self, msg: Any) -> None:
-        """Write one command now; raises ServiceUnavailableError when disconnected."""
-
-    async def flush(self) -> None:
-        """Wait while the socket's write buffer is above its high-water mark."""
-
-    async def query(
-        self,
-        what: str,
-        *,
-        conn: int | None = None,
-        room: str | None = None,
-        user: str | None = None,
-        since: int | None = None,
-        epoch: str | None = None,
-        limit: int | None = None,
-    ) -> Any:
-        """Ask the engine; returns the decoded JSON result."""
-
-    async def publish(self, name: str, data: bytes) -> Any:
-        """Publish a service event (JSON ``data``); returns the engine's decoded answer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,16 +104,6 @@ class Headers(Mapping[str, str]):
         return f"Headers({self.raw!r})"
 
 
-def _event(event: str, data: Any) -> bytes:
-    # The SDK builds the client's whole event text; the engine forwards it untouched.
-    try:
-        return orjson.dumps({"type": event, "data": data})
-    except orjson.JSONEncodeError as exc:
-        # Raised in the handler that emits: logged as its failure, INTERNAL to the client.
-        what = describe_unencodable(data, exc)
-        raise InternalError(f"emit {event!r}: data JSON cannot encode: {what}") from None
-
-
 class Emitter:
     """One emit target (a room, a user, a connection or everyone), plus exclusions.
 
@@ -167,7 +141,7 @@ class Emitter:
         """Send ``{"type": event, "data": data}`` to the target (written immediately)."""
         self._link.command(
             m.Emit(
-                payload=_event(event, data),
+                payload=event_text(event, data),
                 room=self._room,
                 user=self._user,
                 conn=self._conn,
@@ -289,9 +263,9 @@ class Context:
         result = await self._link.query("history", room=room, since=since, epoch=epoch, limit=limit)
         return RoomHistory.from_result(result)
 
-    async def publish_event(self, name: str, data: Any = None) -> Published:
+    async def publishevent_text(self, name: str, data: Any = None) -> Published:
         """Publish the service event ``name`` (docs/sdk.md, "Events between services"):
-        one worker of every service with an ``on_event(name)`` handler gets it, at
+        one worker of every service with an ``onevent_text(name)`` handler gets it, at
         least once. Resolves once the engine queued it for all of them (in its memory;
         with ``--redis``, in Redis).
 

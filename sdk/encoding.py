@@ -7,7 +7,9 @@ from typing import Any
 
 import orjson
 
-__all__ = ["EncodeError", "describe_unencodable", "dumps"]
+from .errors import InternalError
+
+__all__ = ["EncodeError", "describe_unencodable", "dumps", "event_text"]
 
 # orjson refuses deeper nesting than this; the search below stops there too.
 _MAX_DEPTH = 254
@@ -61,3 +63,17 @@ def _find(value: Any, path: str, depth: int) -> tuple[str, str] | None:
     except orjson.JSONEncodeError:
         return path, type(value).__qualname__
     return None
+
+
+def event_text(event: str, data: Any) -> bytes:
+    """The client's whole event text ``{"type", "data"}``; the engine forwards it untouched.
+
+    Raises:
+        InternalError: ``data`` cannot be encoded (raised in the handler that emits:
+            logged as its failure, INTERNAL to the client).
+    """
+    try:
+        return orjson.dumps({"type": event, "data": data})
+    except orjson.JSONEncodeError as exc:
+        what = describe_unencodable(data, exc)
+        raise InternalError(f"emit {event!r}: data JSON cannot encode: {what}") from None

@@ -13,15 +13,12 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from protocol.ipc import messages as m
 
-# The module, not its names: context.py imports this one while it is being loaded.
-from . import context
-
-if TYPE_CHECKING:
-    from .context import Link
+from .encoding import event_text
+from .link import Link
 
 __all__ = [
     "MAX_WATCHED_ROOMS",
@@ -155,11 +152,9 @@ class WatcherEmitter:
                 key = tuple(rooms)
                 payload = encoded.get(key)
                 if payload is None:
-                    payload = encoded[key] = context._event(
-                        event, {**(data or {}), "roomIds": rooms}
-                    )
+                    payload = encoded[key] = event_text(event, {**(data or {}), "roomIds": rooms})
             else:
-                payload = context._event(event, data(user_id, list(rooms)))
+                payload = event_text(event, data(user_id, list(rooms)))
             self._link.command(m.Emit(payload=payload, user=user_id, event=event))
             await self._link.flush()
         return watchers
