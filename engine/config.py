@@ -187,6 +187,17 @@ class Config:
     #: Oldest protocol accepted: "1.2" or "1.3".
     tls_min_version: str = "1.2"
 
+    #: ``engine --processes N``: engine processes sharing the listening port, each a
+    #: broker node of ``redis_url`` (engine/cli/processes.py). Read by the ``engine``
+    #: command only: an ``Engine`` object is always one process.
+    processes: int = 1
+    #: Which of those processes this one is (0-based, set by their parent); None: it
+    #: is not one of them.
+    process_index: int | None = None
+    #: Bind the listening port with SO_REUSEPORT, so that several processes share it
+    #: and the kernel spreads new connections over them.
+    reuse_port: bool = False
+
     def __post_init__(self) -> None:
         for name in (
             "heartbeat",
@@ -242,6 +253,30 @@ class Config:
             raise ValueError(f"tls_min_version must be 1.2 or 1.3, got {self.tls_min_version!r}")
         if not self.tls_ciphers.strip():
             raise ValueError("tls_ciphers must not be empty")
+        self._check_processes()
+
+    def _check_processes(self) -> None:
+        n = self.processes
+        if n < 1:
+            raise ValueError(f"--processes must be at least 1 (or auto), got {n}")
+        if self.process_index is not None and not 0 <= self.process_index < n:
+            raise ValueError(f"process_index {self.process_index} is not below processes {n}")
+        if n == 1:
+            return
+        if not self.redis_url:
+            # The in-memory broker is one process's: a room joined in one process would
+            # not hear an emit from another, and presence would be N different views.
+            raise ValueError(
+                f"--processes {n} needs --redis URL: each process is a broker node, and "
+                "rooms and presence are shared between them only through Redis. Start a "
+                "Redis (redis-server --bind 127.0.0.1) and add --redis "
+                "redis://127.0.0.1:6379/0, or run one process (--processes 1)"
+            )
+        if self.port == 0:
+            raise ValueError(
+                f"--processes {n} needs a fixed port in --listen: with port 0 each process "
+                "would listen on a port of its own"
+            )
 
     @property
     def tls(self) -> bool:

@@ -189,6 +189,9 @@ class Engine:
             config.port,
             backlog=config.backlog,
             reuse_address=True,
+            # engine --processes: every process binds the port, the kernel spreads
+            # new connections over them (engine/cli/processes.py).
+            reuse_port=config.reuse_port,
             **self._tls_options(),
         )
         log.info(

@@ -4,12 +4,14 @@ environment, then the file, then the built-in default.
 
 engine --listen :3000 --ipc /tmp/linkd.sock --echo /echo
 engine --config linkd.toml
+engine --processes auto --redis redis://127.0.0.1:6379/0 --service examples.chat.service
 engine config check linkd.toml | engine config example | engine token --sub ID
 
 The package by job: ``flags`` declares every flag, ``parser`` layers file and
 environment under them, ``values`` converts values, ``configfile`` loads and checks the
 file, ``example`` writes one, ``build`` turns all of it into a ``Config``,
-``config_command`` and ``token`` are the subcommands.
+``config_command`` and ``token`` are the subcommands, ``processes`` runs several
+engines on one port (``--processes``).
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from engine.cli.build import config_from_args, load_settings
+from engine.cli.build import Settings, config_from_args, load_settings
 from engine.cli.config_command import config_main
 from engine.cli.flags import build_parser
+from engine.cli.processes import Processes, child_config, label_logs, run_child, split_child_argv
 from engine.cli.token import token_main
 from engine.log import configure_logging
 from engine.server import Engine
@@ -44,19 +47,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return token_main(argv[1:])
     if argv[:1] == ["config"]:
         return config_main(argv[1:])
+    # A child of `engine --processes N` (engine/cli/processes.py).
+    index, argv = split_child_argv(argv)
     settings = load_settings(argv)
     config = settings.config
     configure_logging(config.log_level)
+    if index is not None:
+        label_logs(index)
+        config = child_config(config, index)
+    elif config.processes > 1:
+        # The parent: it only starts, watches and stops the children.
+        log_settings(settings)
+        return asyncio.run(Processes(argv, config.processes, config.shutdown_grace).run())
     loop_name = _install_uvloop()
     log = logging.getLogger("linkd.server")
-    if settings.file is not None:
-        logging.getLogger("linkd.config").info("settings from %s", settings.file)
-    for warning in settings.warnings:
-        logging.getLogger("linkd.config").warning("%s", warning)
+    if index is None:  # the parent said it for the children
+        log_settings(settings)
     log.info("linkd %s on %s", config.version, loop_name)
+    engine = Engine(config)
     try:
-        asyncio.run(Engine(config).serve())
+        asyncio.run(engine.serve() if index is None else run_child(engine))
     except (OSError, ValueError) as exc:
         print(f"engine: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def log_settings(settings: Settings) -> None:
+    """Where the settings came from, and the warnings about the file."""
+    if settings.file is not None:
+        logging.getLogger("linkd.config").info("settings from %s", settings.file)
+    for warning in settings.warnings:
+        logging.getLogger("linkd.config").warning("%s", warning)

@@ -156,4 +156,5 @@ def config_from_args(args: argparse.Namespace) -> Config:
         tls_key=args.tls_key or None,
         tls_ciphers=args.tls_ciphers,
         tls_min_version=args.tls_min_version,
+        processes=args.processes,
     )

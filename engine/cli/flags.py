@@ -99,6 +99,15 @@ def build_parser(
     )
     p.add("--workers", type=int, default=d.workers, help="worker processes per --service")
     p.add(
+        "--processes",
+        type=values.processes,
+        default=d.processes,
+        metavar="N|auto",
+        help="engine processes sharing --listen (SO_REUSEPORT; auto: one per core), each "
+        "with its own IPC socket (--ipc PATH.0, PATH.1, ...) and --service workers; "
+        "more than 1 needs --redis; a crashed one is restarted",
+    )
+    p.add(
         "--redis",
         default=None,
         metavar="URL",

@@ -7,12 +7,23 @@ argparse prints it after the flag, the config file after the key and its line.
 from __future__ import annotations
 
 import argparse
+import os
 
 from engine.config import parse_listen
 from engine.limits.ratelimit import parse_type_limit
 from engine.limits.slow import parse_rule
 
-__all__ = ["listen", "octal", "rule", "rule_spec", "size", "type_limit_spec", "uids"]
+__all__ = [
+    "cores",
+    "listen",
+    "octal",
+    "processes",
+    "rule",
+    "rule_spec",
+    "size",
+    "type_limit_spec",
+    "uids",
+]
 
 
 def listen(value: str) -> str:
@@ -86,3 +97,28 @@ def type_limit_spec(spec: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return spec
+
+
+def cores() -> int:
+    """The cores this process may run on: its affinity mask (taskset, a container's
+    cpuset), not every core of the machine."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def processes(value: str) -> int:
+    """``auto`` (one per core, ``cores()``) or a number, at least 1."""
+    text = value.strip().lower()
+    if text == "auto":
+        return cores()
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a number of processes: {value!r} (or auto)"
+        ) from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"--processes must be at least 1, got {number}")
+    return number
