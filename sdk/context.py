@@ -263,9 +263,9 @@ class Context:
         result = await self._link.query("history", room=room, since=since, epoch=epoch, limit=limit)
         return RoomHistory.from_result(result)
 
-    async def publishevent_text(self, name: str, data: Any = None) -> Published:
+    async def publish_event(self, name: str, data: Any = None) -> Published:
         """Publish the service event ``name`` (docs/sdk.md, "Events between services"):
-        one worker of every service with an ``onevent_text(name)`` handler gets it, at
+        one worker of every service with an ``on_event(name)`` handler gets it, at
         least once. Resolves once the engine queued it for all of them (in its memory;
         with ``--redis``, in Redis).
 
