@@ -38,9 +38,11 @@ if TYPE_CHECKING:
     from protocol.ws import OutboundMessage, WsConn
 
 __all__ = [
+    "FRAMES_PER_TURN",
     "NO_ROOMS",
     "PAUSE_QUEUE",
     "PAUSE_RATE",
+    "PAUSE_TURN",
     "PAUSE_WRITE",
     "Backlog",
     "Held",
@@ -55,6 +57,11 @@ PAUSE_QUEUE = 1
 PAUSE_WRITE = 2
 #: Over the message rate on a throttling endpoint, until the sweeper's wake-up.
 PAUSE_RATE = 4
+#: Parsed a turn's worth of frames: the rest waits for the next loop iteration.
+PAUSE_TURN = 8
+#: Frames parsed per turn: a read of 256 KiB can hold 40 000 tiny frames, and one
+#: connection must not hold the loop for all of them while the others wait.
+FRAMES_PER_TURN = 256
 
 #: The ``left_rooms`` of every open connection (never mutated: replaced at close).
 NO_ROOMS: list[str] = []

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Awaitable
 
 from engine.limits.ratelimit import TokenBucket
-from engine.ws.base import PAUSE_QUEUE, WsBase
+from engine.ws.base import FRAMES_PER_TURN, PAUSE_QUEUE, PAUSE_RATE, PAUSE_TURN, WsBase
 from protocol import CloseCode
 from protocol.ws import (
     BinaryMessage,
@@ -71,7 +71,7 @@ class Inbound(WsBase):
         (the rest stays in the core until the wake-up)."""
         conn = self._conn
         throttled = False
-        for event in conn.events():
+        for event in conn.events(FRAMES_PER_TURN):
             if isinstance(event, TextMessage):
                 if self._dispatch(event.data):
                     throttled = True
@@ -106,7 +106,27 @@ class Inbound(WsBase):
         owed = conn.data_to_send()
         for frame in owed:
             self._queue(frame)
+        if conn.stalled and not throttled:
+            self._yield_turn()
         return throttled
+
+    def _yield_turn(self) -> None:
+        """A turn's frames are parsed: stop reading, and parse the rest at the next
+        loop iteration, after every other connection that is ready had its turn."""
+        if not self._paused & PAUSE_TURN:
+            self._pause(PAUSE_TURN)
+            self._state.loop.call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        if self._closed or not self._paused & PAUSE_TURN:
+            return
+        if self._paused & PAUSE_RATE:
+            self._resume(PAUSE_TURN)  # throttled meanwhile: its wake-up parses the rest
+            return
+        self._paused &= ~PAUSE_TURN  # the transport stays paused while we parse
+        self._pump(self._state.loop.time())
+        if not self._paused and self._transport is not None and not self._closed:
+            self._transport.resume_reading()  # caught up (a new stall re-paused it)
 
     def _frame_flood(self) -> None:
         self._state.metrics.ws_abuse_closes += 1

@@ -21,7 +21,7 @@ import logging
 import math
 from typing import TYPE_CHECKING, cast
 
-from engine.ws.base import PAUSE_RATE, PAUSE_WRITE
+from engine.ws.base import PAUSE_RATE, PAUSE_TURN, PAUSE_WRITE
 from engine.ws.facade import Facade
 from engine.ws.guards import Guards
 from engine.ws.inbound import Inbound
@@ -71,9 +71,9 @@ class WsProtocol(Facade, Outbound, Lossy, Inbound, Guards, Timers):
         now = self._state.loop.time()
         self._state.metrics.ws_bytes_in += len(data)
         self._conn.receive_data(data)
-        if self._paused & PAUSE_RATE:
-            # Throttled (bytes a transport had read before pause_reading): they wait
-            # in the core for the wake-up.
+        if self._paused & (PAUSE_RATE | PAUSE_TURN):
+            # Throttled, or frames of an earlier read still wait for their turn (bytes
+            # a transport had read before pause_reading): they wait in the core.
             self._last_rx = now
             return
         self._pump(now)
@@ -81,7 +81,13 @@ class WsProtocol(Facade, Outbound, Lossy, Inbound, Guards, Timers):
     def eof_received(self) -> bool:
         self._conn.receive_data(None)
         if not self._paused & PAUSE_RATE:
+            # The peer is gone and the transport closes after this: what waits for a
+            # turn is parsed now (one read's worth at most), then the EOF.
+            self._paused &= ~PAUSE_TURN
             self._pump(self._state.loop.time())
+            while self._paused & PAUSE_TURN and not self._closed:
+                self._paused &= ~PAUSE_TURN
+                self._pump(self._state.loop.time())
         return False  # let the transport close itself
 
     def connection_lost(self, exc: Exception | None) -> None:

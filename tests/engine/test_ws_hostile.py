@@ -226,3 +226,38 @@ async def test_closed_connections_are_freed_at_once_not_at_their_old_deadline() 
         gc.collect()
         alive = [o for o in gc.get_objects() if isinstance(o, WsProtocol)]
         assert alive == []
+
+
+async def test_a_read_full_of_frames_is_parsed_a_turn_at_a_time() -> None:
+    """40 000 pings in one go (frame budget off): the loop is never held for all of
+    them; every pong still comes back, in order, and another client is served."""
+    loop = asyncio.get_running_loop()
+    gaps: list[float] = []
+
+    async def watch(until: asyncio.Event) -> None:
+        last = loop.time()
+        while not until.is_set():
+            await asyncio.sleep(0.001)
+            now = loop.time()
+            gaps.append(now - last)
+            last = now
+
+    n = 40_000
+    async with (
+        running_engine(echo_paths=("/echo",), ws_frame_rate=0.0) as engine,
+        RawWs(engine.port) as flood,
+        RawWs(engine.port) as other,
+    ):
+        done = asyncio.Event()
+        watcher = asyncio.create_task(watch(done))
+        pings = b"".join(encode_client_frame(PING, i.to_bytes(4, "big")) for i in range(n))
+        flood.send_raw(pings)
+        other.send_text("served")
+        assert (await other.recv_frame(timeout=10.0)).payload == b"served"
+        for i in range(n):
+            frame = await flood.recv_frame(timeout=10.0)
+            assert frame.opcode == 0xA and frame.payload == i.to_bytes(4, "big")
+        done.set()
+        await watcher
+    # One turn is FRAMES_PER_TURN frames (~1-3 ms); the whole read would be ~200 ms.
+    assert max(gaps) < 0.05, f"the loop was held {max(gaps) * 1000:.0f} ms"
