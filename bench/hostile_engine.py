@@ -75,7 +75,8 @@ def start_engine(setup: str, port: int, args: argparse.Namespace, tmp: Path) -> 
     env = {k: v for k, v in os.environ.items() if not k.startswith("LINKD_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
-    cmd = [*engine_command(), "--listen", f"{HOST}:{port}", "--ipc", ipc_path]
+    # --public-metrics: the attacks pipeline and smuggle GET /metrics on the client port.
+    cmd = [*engine_command(), "--listen", f"{HOST}:{port}", "--ipc", ipc_path, "--public-metrics"]
     if setup == "echo":
         cmd += ["--echo", "/echo"]
     else:

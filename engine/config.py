@@ -10,6 +10,8 @@ from engine.limits.slow import Policy, PolicyTable
 from engine.tls import DEFAULT_CIPHERS
 from engine.version import __version__
 from protocol import Limits
+from protocol.http.forwarded import parse_networks
+from protocol.http.origin import parse_origins
 from protocol.ws import DeflateOptions
 
 __all__ = ["Config", "parse_listen"]
@@ -198,6 +200,32 @@ class Config:
     #: and the kernel spreads new connections over them.
     reuse_port: bool = False
 
+    #: The admin listener (``--admin-listen``, engine/http/admin.py): ``/metrics``,
+    #: ``/health`` and ``/ready`` on a port of their own, plain HTTP. None: none. With
+    #: ``processes`` N, child I listens on ``admin_port + I``. Port 0: any free one
+    #: (``Engine.admin_port`` says which).
+    admin_host: str | None = None
+    admin_port: int = 0
+    #: Also answer ``GET /metrics`` on the client port. Off: anyone who can reach the
+    #: client port would read the node's traffic and its services' names.
+    public_metrics: bool = False
+
+    #: Behind a balancer (docs/deployment.md): every connection must start with a
+    #: PROXY protocol header (v1 or v2, HAProxy ``send-proxy[-v2]``, AWS NLB), and only
+    #: that header gives the client's address. A connection without one is closed
+    #: unanswered, so the port must be reachable by the balancer only.
+    proxy_protocol: bool = False
+    #: Peers (CIDRs or addresses) whose ``forwarded_header`` is believed: the client is
+    #: the rightmost hop that is not one of them. Empty: the header is ignored.
+    trusted_proxies: tuple[str, ...] = ()
+    #: Which header those proxies write: "x-forwarded-for" or "forwarded" (RFC 7239).
+    forwarded_header: str = "x-forwarded-for"
+    #: Origins a browser page may open a WebSocket from (``https://app.example.com``,
+    #: ``https://*.example.com``); others get 403 before the upgrade. None: any origin.
+    allowed_origins: tuple[str, ...] | None = None
+    #: Refuse (403) an upgrade without ``Origin`` too (only browsers send one).
+    require_origin: bool = False
+
     def __post_init__(self) -> None:
         for name in (
             "heartbeat",
@@ -254,6 +282,24 @@ class Config:
         if not self.tls_ciphers.strip():
             raise ValueError("tls_ciphers must not be empty")
         self._check_processes()
+        self._check_edge()
+
+    def _check_edge(self) -> None:
+        if self.proxy_protocol and self.tls:
+            # The header comes before the TLS handshake, which the TLS transport would
+            # read as garbage; TLS belongs to the balancer in that set-up.
+            raise ValueError(
+                "--proxy-protocol and --tls-cert cannot be used together: terminate TLS "
+                "at the balancer that sends the PROXY header (docs/deployment.md)"
+            )
+        parse_networks(self.trusted_proxies)
+        if self.forwarded_header not in ("x-forwarded-for", "forwarded"):
+            raise ValueError(
+                f"forwarded_header must be x-forwarded-for or forwarded, "
+                f"got {self.forwarded_header!r}"
+            )
+        if self.allowed_origins is not None:
+            parse_origins(self.allowed_origins)
 
     def _check_processes(self) -> None:
         n = self.processes
@@ -277,6 +323,14 @@ class Config:
                 f"--processes {n} needs a fixed port in --listen: with port 0 each process "
                 "would listen on a port of its own"
             )
+        if self.admin_host is not None and self.admin_port == 0:
+            raise ValueError(
+                f"--processes {n} needs a fixed port in --admin-listen: process I listens "
+                "on that port + I"
+            )
+        first = self.admin_port - (self.process_index or 0)  # a child's is first + I
+        if self.admin_host is not None and first + n - 1 > 65535:
+            raise ValueError(f"--admin-listen port + {n - 1} (the last process's) is over 65535")
 
     @property
     def tls(self) -> bool:

@@ -31,6 +31,7 @@ from engine.config import Config
 from engine.core.corker import Corker
 from engine.core.metrics import Metrics
 from engine.core.sweeper import Sweeper
+from engine.http.admin import Admin, AdminProtocol
 from engine.http.protocol import HttpProtocol
 from engine.hub.fanout import prepare
 from engine.hub.hub import Hub
@@ -72,6 +73,9 @@ class Engine:
         #: The listener's certificate when ``config.tls`` (re-read by ``reload``).
         self.tls: Certificates | None = None
         self._ipc_server: asyncio.Server | None = None
+        #: The admin listener (``Config.admin_host``) and its routes.
+        self._admin_server: asyncio.Server | None = None
+        self._admin: Admin | None = None
         self._supervisor: Supervisor | None = None
         self._state: Node | None = None
         self._stopped: asyncio.Event | None = None
@@ -147,11 +151,19 @@ class Engine:
             raise RuntimeError("the engine is not listening")
         return int(self._server.sockets[0].getsockname()[1])
 
+    @property
+    def admin_port(self) -> int:
+        """The admin listener's bound port (``Config.admin_host`` set)."""
+        if self._admin_server is None or not self._admin_server.sockets:
+            raise RuntimeError("the engine has no admin listener")
+        return int(self._admin_server.sockets[0].getsockname()[1])
+
     async def start(self) -> None:
         """Bind and start accepting; returns once listening."""
         if self._server is not None:
             raise RuntimeError("already started")
         loop = asyncio.get_running_loop()
+        started = loop.time()
         config = self.config
         if config.tls:
             assert config.tls_cert is not None and config.tls_key is not None
@@ -203,11 +215,35 @@ class Engine:
         )
         if self.tls:
             _log_certificate(self.tls, "serving")
+        if config.admin_host is not None:
+            # After the client port: /ready must not say yes before clients can connect.
+            await self._start_admin(state, started)
         if config.services and config.ipc_path:
             self._supervisor = Supervisor(
                 config.services, config.workers, config.ipc_path, config.shutdown_grace
             )
             self._supervisor.start()
+
+    async def _start_admin(self, state: Node, started: float) -> None:
+        """Bind ``--admin-listen``; it answers until the very end of ``stop``."""
+        config = self.config
+        self._admin = admin = Admin(state, started)
+        try:
+            self._admin_server = await state.loop.create_server(
+                lambda: AdminProtocol(admin),
+                config.admin_host,
+                config.admin_port,
+                reuse_address=True,
+            )
+        except OSError:
+            # The start fails as a whole: nothing half-started keeps accepting clients.
+            await self.stop(grace=0)
+            raise
+        log.info(
+            "admin listener on %s:%d (/metrics, /health, /ready)",
+            config.admin_host,
+            self.admin_port,
+        )
 
     def _tls_options(self) -> dict[str, Any]:
         """``create_server`` keywords for TLS: the context, and its timeouts.
@@ -300,11 +336,21 @@ class Engine:
             # Before the broker: they share its client.
             await _until(max(cleanup, loop.time() + 0.25), state.presence.stop())
         await _until(max(cleanup, loop.time() + 0.25), state.broker.stop())
+        # Last: probes saw /ready 503 and /health 200 for the whole drain.
+        self._close_admin()
         state.close()
         self._server = None
         log.info("stopped in %.2fs", loop.time() - started)
         assert self._stopped is not None
         self._stopped.set()
+
+    def _close_admin(self) -> None:
+        if self._admin_server is not None:
+            self._admin_server.close()
+            self._admin_server = None
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
 
     def _begin_worker_stop(self, state: Node) -> None:
         """No new workers; ``drain`` to every worker (docs/ipc.md §4.5), SIGTERM to the

@@ -8,6 +8,8 @@
 #   LINKD_JWT_SECRET  the token secret (default: a random one for this run)
 #   DATABASE_URL      use this Postgres instead of the embedded one (data in .data/)
 #   CHAT_DEMO=0       turn demo mode off (the page then asks for a token)
+#   LINKD_ALLOWED_ORIGINS  origins whose pages may open the WebSocket (default: the
+#                     engine's own, http://HOST:PORT and http://localhost:PORT)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -41,5 +43,9 @@ esac
 host=${listen%:*}
 case "$host" in "" | 0.0.0.0 | "[::]") host=127.0.0.1 ;; esac
 echo "run.sh: chat page at http://${host}:${listen##*:}/chat/ (echo WebSocket at /echo)" >&2
+# The page is served by the engine itself: only pages of its own origin may open the
+# chat's WebSocket (LINKD_ALLOWED_ORIGINS, comma-separated, replaces the list).
+origins=${LINKD_ALLOWED_ORIGINS:-http://${host}:${listen##*:},http://localhost:${listen##*:}}
 exec .venv/bin/engine --listen "$listen" --ipc "${LINKD_IPC:-/tmp/linkd.sock}" --echo /echo \
+    --allowed-origins "$origins" \
     --service examples.chat.service --workers "${LINKD_WORKERS:-2}" "$@"

@@ -23,6 +23,12 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
         >/dev/null || echo "could not install chromium: the browser test will be skipped"
 fi
+echo "== haproxy, nginx (tests/engine/test_proxy.py runs both on 127.0.0.1; missing: they fail)"
+if { ! command -v haproxy >/dev/null || ! command -v nginx >/dev/null; } \
+    && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx; } \
+        >/dev/null || echo "could not install haproxy/nginx: their tests will fail (LINKD_ALLOW_SKIP=1 skips)"
+fi
 echo "== redis-server (the scale-out tests start their own when none answers)"
 if ! command -v redis-server >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; } \

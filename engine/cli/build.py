@@ -24,6 +24,14 @@ from protocol.ws import DeflateOptions
 __all__ = ["Settings", "config_from_args", "config_path", "load_settings"]
 
 
+#: Logged at start without ``--allowed-origins``: a page on any site may open a
+#: WebSocket with its visitor's credentials (cookies; a token it can read).
+_ANY_ORIGIN = (
+    "--allowed-origins is not set: a web page on ANY origin may open a WebSocket to "
+    "this engine; set it to the origins of your pages (docs/security.md)"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """What ``engine`` runs with, and what to tell the operator once logging is up."""
@@ -69,12 +77,15 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None)
         config = config_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
+    if config.allowed_origins is None:
+        warnings = (*warnings, _ANY_ORIGIN)
     return Settings(config, args, path, warnings)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """The ``Config`` of parsed flags; ValueError names a setting it refuses."""
     host, port = parse_listen(args.listen)
+    admin_host, admin_port = parse_listen(args.admin_listen) if args.admin_listen else (None, 0)
     limits = Limits(
         max_header_bytes=args.max_header_size,
         max_body_bytes=args.max_body_size,
@@ -157,4 +168,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
         tls_ciphers=args.tls_ciphers,
         tls_min_version=args.tls_min_version,
         processes=args.processes,
+        proxy_protocol=args.proxy_protocol,
+        trusted_proxies=args.trusted_proxies or (),
+        forwarded_header=args.forwarded_header,
+        allowed_origins=args.allowed_origins,
+        require_origin=args.require_origin,
+        admin_host=admin_host,
+        admin_port=admin_port,
+        public_metrics=args.public_metrics,
     )

@@ -442,6 +442,56 @@ def build_parser(
         choices=("1.2", "1.3"),
         help="oldest TLS version accepted",
     )
+    p.add(
+        "--admin-listen",
+        type=values.listen,
+        default=None,
+        metavar="HOST:PORT",
+        help="serve /metrics, /health and /ready (plain HTTP) on this private address, "
+        "e.g. 127.0.0.1:9090; with --processes N, process I on PORT+I (default: off)",
+    )
+    p.add(
+        "--public-metrics",
+        action="store_true",
+        default=False,
+        help="also answer GET /metrics on --listen, the client port (default: 404 there)",
+    )
+    p.add(
+        "--proxy-protocol",
+        action="store_true",
+        default=False,
+        help="every connection starts with a PROXY protocol header (v1 or v2: HAProxy "
+        "send-proxy[-v2], AWS NLB) that alone gives the client's address; others are "
+        "closed, so let only the balancer reach --listen",
+    )
+    p.add(
+        "--trusted-proxies",
+        type=values.cidrs,
+        default=None,
+        metavar="CIDR,...",
+        help="believe --forwarded-header only from these peers; the client is the "
+        "rightmost hop not among them",
+    )
+    p.add(
+        "--forwarded-header",
+        default=d.forwarded_header,
+        choices=("x-forwarded-for", "forwarded"),
+        help="the header --trusted-proxies write (only that one is read)",
+    )
+    p.add(
+        "--allowed-origins",
+        type=values.origins,
+        default=None,
+        metavar="ORIGIN,...",
+        help="origins whose pages may open a WebSocket (https://app.example.com, "
+        "https://*.example.com); others get 403. Default: any origin (a warning)",
+    )
+    p.add(
+        "--require-origin",
+        action="store_true",
+        default=False,
+        help="refuse (403) WebSocket handshakes without Origin too (non-browser clients)",
+    )
     p.add("--log-level", default=d.log_level, choices=LEVELS, help="logging threshold")
     p.add(
         "--no-access-log",

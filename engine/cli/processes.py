@@ -11,7 +11,8 @@ by ``engine.cli.main`` before the flags), and each child is a whole engine of it
   serves the connections of one process, as it serves those of one node;
 - it is a broker node of ``--redis`` (required for N > 1, engine/config.py says why):
   rooms, users and presence span the processes as they span machines;
-- its metrics are its own.
+- its metrics are its own, and so is its admin listener: ``--admin-listen`` port + ``I``
+  (scrape and probe each; one port cannot speak for N processes that drain apart).
 
 Children are restarted with the backoff of ``--service`` workers (0.5 s doubling to
 10 s, reset by 30 s of uptime), except one that exits with 2 (its settings refused:
@@ -70,9 +71,17 @@ def split_child_argv(argv: Sequence[str]) -> tuple[int | None, list[str]]:
 
 
 def child_config(config: Config, index: int) -> Config:
-    """The ``Config`` of child ``index``: its own IPC socket, the port shared."""
+    """The ``Config`` of child ``index``: its own IPC socket and admin port (the
+    ``--admin-listen`` port + ``index``: each process answers for itself), the client
+    port shared."""
     ipc = f"{config.ipc_path}.{index}" if config.ipc_path else None
-    return dataclasses.replace(config, process_index=index, ipc_path=ipc, reuse_port=True)
+    return dataclasses.replace(
+        config,
+        process_index=index,
+        ipc_path=ipc,
+        reuse_port=True,
+        admin_port=config.admin_port + index if config.admin_host else config.admin_port,
+    )
 
 
 def label_logs(index: int) -> None:

@@ -12,11 +12,15 @@ import os
 from engine.config import parse_listen
 from engine.limits.ratelimit import parse_type_limit
 from engine.limits.slow import parse_rule
+from protocol.http.forwarded import parse_networks
+from protocol.http.origin import parse_origins
 
 __all__ = [
+    "cidrs",
     "cores",
     "listen",
     "octal",
+    "origins",
     "processes",
     "rule",
     "rule_spec",
@@ -122,3 +126,23 @@ def processes(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"--processes must be at least 1, got {number}")
     return number
+
+
+def cidrs(value: str) -> tuple[str, ...]:
+    """``10.0.0.0/8,127.0.0.1,::1``: networks or addresses, checked (empty: none)."""
+    found = tuple(v.strip() for v in value.split(",") if v.strip())
+    try:
+        parse_networks(found)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return found
+
+
+def origins(value: str) -> tuple[str, ...]:
+    """``https://app.example.com,https://*.example.com``, checked (empty: none)."""
+    found = tuple(v.strip() for v in value.split(",") if v.strip())
+    try:
+        parse_origins(found)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return found

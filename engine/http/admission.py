@@ -1,10 +1,11 @@
-"""Admission: who may connect and how often; the 429/503 refusals.
+"""Admission: who may connect and how often; the 403/429/503 refusals.
 
-Connection caps (``--max-connections``: a 503 when the connection is accepted, before
-any request; per address and per user: 429 at the upgrade, before the token is
-verified where possible) and the per-address HTTP request rate. Every refusal is
-counted, carries ``retry-after`` (header, and ``retryAfter`` in the JSON body), and is
-logged within a budget (a flood must not turn into a log flood). The limits
+The Origin policy (``--allowed-origins``: 403 at the upgrade), connection caps
+(``--max-connections``: a 503 when the connection is accepted, before any request; per
+address and per user: 429 at the upgrade, before the token is verified where possible)
+and the per-address HTTP request rate. Every refusal is counted and logged within a
+budget (a flood must not turn into a log flood); a 429/503 carries ``retry-after``
+(header, and ``retryAfter`` in the JSON body). The limits
 themselves are bookkeeping in engine/limits/ratelimit.py; this module turns their
 verdicts into answers.
 """
@@ -111,6 +112,27 @@ class Admission(HttpBase):
             limiter.not_logged = 0
         body = _refusal_body(code, message, refusal.retry_after)
         self._respond(request, Response(code.status, headers, body))
+
+    def _refuse_origin(self, request: HttpRequest) -> None:
+        """``--allowed-origins``: a page on another site (cross-site WebSocket
+        hijacking) gets 403 before the upgrade, and the token is never looked at."""
+        state = self._state
+        state.metrics.count_refused("origin")
+        limiter = state.limiter
+        if limiter.log_budget.take(state.loop.time()):
+            limiter.not_logged += 1
+        else:
+            log.warning(
+                "refused WebSocket on %s from %s: Origin %r is not allowed "
+                "(--allowed-origins; %d earlier refusals not logged)",
+                request.path,
+                self.remote[0] if self.remote else "-",
+                (request.header("origin") or "(none)")[:200],
+                limiter.not_logged,
+            )
+            limiter.not_logged = 0
+        message = "this origin may not open a WebSocket here"
+        self._respond(request, Response.error(ErrorCode.FORBIDDEN, message))
 
     def _rate_limited(self, request: HttpRequest, wait: float) -> None:
         """Over the per-address request rate: 429 with retry-after; keep-alive kept

@@ -46,6 +46,8 @@ class HttpBase(asyncio.Protocol):
         "_hold",
         "_last_state",
         "_over_cap",
+        "_peer",
+        "_proxy_buffer",
         "_request",
         "_scheduled",
         "_slot",
@@ -74,6 +76,11 @@ class HttpBase(asyncio.Protocol):
         self._last_state = HttpState.IDLE
         self.remote: tuple[str, int] | None = None
         self._address: str | None = None
+        #: The connection's client: the socket's peer, or the PROXY header's source;
+        #: ``remote`` is this or, per request, the one trusted proxies forwarded for.
+        self._peer: tuple[str, int] | None = None
+        #: ``--proxy-protocol``: what arrived of the header; None once it is parsed.
+        self._proxy_buffer: bytearray | None = None
         self.deadline = math.inf
 
     @property
@@ -113,3 +120,4 @@ class HttpBase(asyncio.Protocol):
         def _log_access(self, request: HttpRequest, status: int) -> None: ...
         def _set_deadline(self, delay: float) -> None: ...  # timers.py
         def on_deadline(self, now: float) -> None: ...  # timers.py
+        def _proxy_refused(self, reason: str) -> None: ...  # proxied.py

@@ -19,9 +19,10 @@ An HTTP connection holds a ``max_connections`` slot from ``connection_made`` unt
 ``connection_lost``, or until it upgrades: the WebSocket keeps the slot.
 
 This module is the pump, the requests and their answers; the other jobs are mixins
-of the same one object (slots in base.py): admission.py (caps, request rate: 429/503),
+of the same one object (slots in base.py): admission.py (origin, caps, request rate),
 upgrade.py (the WebSocket upgrade and the hand-off of the socket to a ``WsProtocol``
-with h11's trailing bytes, so nothing is parsed twice), timers.py (the deadlines).
+with h11's trailing bytes, so nothing is parsed twice), timers.py (the deadlines),
+proxied.py (the client's address behind a balancer: PROXY header, trusted proxies).
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ from typing import cast
 from engine.api.request import Request, Response, error_body
 from engine.api.routes import MethodNotAllowed
 from engine.http.base import HOLD_REQUEST, HOLD_WRITE, JSON
+from engine.http.proxied import Proxied
 from engine.http.timers import Timers
 from engine.http.upgrade import Upgrade
-from engine.limits.ratelimit import address_key
 from engine.log import redact_target
 from protocol import ErrorCode, MessageTooBig, RemoteProtocolError
 from protocol.http import (
@@ -69,7 +70,7 @@ _ERROR_MESSAGES = {
 _UNSENDABLE = error_body(ErrorCode.INTERNAL, "the handler's response could not be sent")
 
 
-class HttpProtocol(Upgrade, Timers):
+class HttpProtocol(Upgrade, Timers, Proxied):
     """One client TCP connection until (unless) it upgrades to WebSocket."""
 
     __slots__ = ()
@@ -83,8 +84,9 @@ class HttpProtocol(Upgrade, Timers):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             # IPv4's (host, port) as it is; IPv6's 4-tuple trimmed.
-            self.remote = peer if len(peer) == 2 else (str(peer[0]), int(peer[1]))
-            self._address = address_key(self.remote[0])
+            self._set_peer(peer if len(peer) == 2 else (str(peer[0]), int(peer[1])))
+        if state.config.proxy_protocol:
+            self._proxy_buffer = bytearray()  # proxied.py: the header comes first
         limits = state.limits
         transport.set_write_buffer_limits(limits.write_high_water, limits.write_low_water)
         state.http_connections.add(self)
@@ -101,12 +103,21 @@ class HttpProtocol(Upgrade, Timers):
     def data_received(self, data: bytes) -> None:
         if self._over_cap:
             return  # refused at accept: read and dropped until EOF
+        if self._proxy_buffer is not None:
+            rest = self._proxy_data(data)
+            if not rest:
+                return
+            data = rest
         self._conn.receive_data(data)
         self._process()
 
     def eof_received(self) -> bool:
         if self._over_cap:
             return False  # the transport closes itself
+        if self._proxy_buffer is not None:
+            if self._proxy_buffer:
+                self._proxy_refused("closed before the end of its PROXY header")
+            return False  # nothing at all: a balancer's TCP health check
         if not self._eof:
             self._eof = True
             self._conn.receive_data(b"")
@@ -188,6 +199,7 @@ class HttpProtocol(Upgrade, Timers):
     def _dispatch(self, request: HttpRequest) -> None:
         """Admission (connection cap, request rate), then the request itself."""
         state = self._state
+        self._forwarded(request)
         rates = state.http_rates
         if rates is not None and self._address is not None:
             wait = rates.take(self._address, state.loop.time())
@@ -218,7 +230,13 @@ class HttpProtocol(Upgrade, Timers):
                 body["redis"] = "connected" if healthy else "unreachable"
             self._respond(request, Response.json(body))
             return
-        if request.path == "/metrics" and request.method in ("GET", "HEAD"):
+        if (
+            request.path == "/metrics"
+            and request.method in ("GET", "HEAD")
+            and self._state.config.public_metrics
+        ):
+            # Off by default: the admin listener serves it (engine/http/admin.py);
+            # otherwise /metrics is an ordinary path (404, or an embedder's route).
             self._respond(
                 request,
                 Response(

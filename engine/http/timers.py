@@ -1,6 +1,7 @@
 """Timers: one deadline per HTTP connection, on the sweeper's wheel
 (engine/core/sweeper.py), following the core's state.
 
+The PROXY header (``--proxy-protocol``): ``header_timeout``, then closed unanswered.
 Reading a head: ``header_timeout`` (408); a body: ``body_timeout`` (408); idle between
 requests: ``keep_alive_timeout`` (a silent close); closing: ``close_timeout`` (then
 the transport is aborted). While the write side is paused, the send timeout runs
@@ -72,6 +73,8 @@ class Timers(HttpBase):
             return
         if self._over_cap:
             transport.abort()  # refused at accept and still not gone
+        elif self._proxy_buffer is not None:
+            self._proxy_refused("no PROXY header within --header-timeout")
         elif self._hold & HOLD_WRITE:
             unsent = transport.get_write_buffer_size()
             if unsent != self._unsent:  # the peer took some: a slow reader, not a dead one

@@ -1,7 +1,8 @@
 """Upgrade: an HTTP request becomes a WebSocket, and the socket changes hands.
 
 The checks run cheapest first, and every refusal is an HTTP answer before the 101,
-never a 101 then a close (docs/architecture.md): the path (404), the per-address caps
+never a 101 then a close (docs/architecture.md): the path (404), the ``Origin``
+(``--allowed-origins``: 403), the per-address caps
 (admission.py, before any crypto), the endpoint's ``reject_upgrade``, the token (401,
 then the per-user cap), ``?recover=`` (400), the handshake itself
 (protocol/http ``validate_upgrade``: 400/426), shutdown (503). Then the 101 is written
@@ -14,20 +15,23 @@ from __future__ import annotations
 
 import logging
 import math
+from functools import lru_cache
 from urllib.parse import parse_qsl
 
 from engine.api.request import Request, Response, error_body
 from engine.auth import authenticate
 from engine.brokers.history import RecoverRequest, parse_recover
+from engine.config import Config
 from engine.http.admission import Admission
 from engine.http.base import HOLD_WRITE, JSON
 from engine.ws.protocol import WsProtocol
 from protocol import ErrorCode
 from protocol.errors import UnauthorizedError
 from protocol.http import HttpRequest, UnsendableResponse, UpgradeRejected, validate_upgrade
+from protocol.http.origin import OriginPolicy
 from protocol.ws import WsConn
 
-__all__ = ["Upgrade"]
+__all__ = ["Upgrade", "origin_policy"]
 
 log = logging.getLogger("linkd.http")
 
@@ -42,6 +46,10 @@ class Upgrade(Admission):
             # docs/embedding.md (websocket): an unknown path is a 404 before the upgrade,
             # never a 101 then a close.
             self._respond(request, Response.error(ErrorCode.NOT_FOUND, "no WebSocket endpoint"))
+            return
+        policy = origin_policy(state.config)
+        if policy is not None and not policy.allows(request.header("origin")):
+            self._refuse_origin(request)
             return
         # Connection caps come before the token is verified: refusing costs no crypto.
         # The global cap was applied when the connection was accepted: it holds a
@@ -125,6 +133,18 @@ class Upgrade(Admission):
             proto.pause_writing()
         if trailing:
             proto.data_received(trailing)
+
+
+@lru_cache(maxsize=8)
+def _policy(origins: tuple[str, ...], require: bool) -> OriginPolicy:
+    return OriginPolicy.parse(origins, require)
+
+
+def origin_policy(config: Config) -> OriginPolicy | None:
+    """``--allowed-origins`` parsed once; None: any origin (and no ``Origin``) passes."""
+    if config.allowed_origins is None:
+        return OriginPolicy(None, True) if config.require_origin else None
+    return _policy(config.allowed_origins, config.require_origin)
 
 
 def _recover_positions(query: str) -> RecoverRequest | None:

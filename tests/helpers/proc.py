@@ -208,6 +208,7 @@ def engine_process(
     listen_flag: bool = True,
     env: Mapping[str, str] | None = None,
     ready_timeout: float = 20.0,
+    public_metrics: bool = True,
 ) -> Iterator[EngineProcess]:
     """Start the engine CLI (or ``app`` from ``tests/helpers/apps``), yield it, kill it.
 
@@ -219,10 +220,13 @@ def engine_process(
         listen_flag: pass ``--listen 127.0.0.1:PORT``; turn off when ``args`` or
             ``env`` say where to listen (``port`` must then match).
         env: the whole environment; default: ours without ``LINKD_*`` variables.
+        public_metrics: pass ``--public-metrics`` to the engine CLI, so ``metrics()``
+            reads the client port (off by default in the engine: the admin listener's).
     """
     port = free_port() if port is None else port
     listen = ["--listen", f"127.0.0.1:{port}"] if listen_flag else []
-    argv = [*listen, "--no-access-log", *args]
+    public = ["--public-metrics"] if public_metrics and not app else []
+    argv = [*listen, "--no-access-log", *public, *args]
     cmd = app_command(app, *argv) if app else engine_command(*argv)
     log = tempfile.NamedTemporaryFile(prefix="linkd-engine-", suffix=".log", delete=False)  # noqa: SIM115
     popen: subprocess.Popen[bytes] | None = None

@@ -28,6 +28,9 @@ def make_config(**overrides: Any) -> Config:
         max_connections_per_ip=0,
         new_connections_per_ip=0,
         http_rate=0,
+        # Tests read the counters from the client port; tests/engine/test_admin.py
+        # checks the default (404 there, served by the admin listener).
+        public_metrics=True,
         limits=dataclasses.replace(Limits(), **limits) if isinstance(limits, dict) else limits,
         deflate=dataclasses.replace(DeflateOptions(), **deflate)
         if isinstance(deflate, dict)

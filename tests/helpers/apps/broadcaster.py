@@ -52,6 +52,7 @@ def build_engine(args: argparse.Namespace) -> Engine:
         heartbeat=0,
         timer_resolution=0.05,
         limits=limits,
+        public_metrics=True,  # tests read its counters from the client port
     )
     engine = Engine(config)
 
