@@ -290,7 +290,8 @@ class Metrics(Collector):
         )
         refused = CounterMetricFamily(
             "linkd_ws_refused_connections",
-            "WebSocket upgrades refused by a connection cap, by reason (per_ip, rate, global)",
+            "Connections and upgrades refused before they were served, by reason (global, per_ip, "
+            "rate, per_user, origin, proxy_header)",
             labels=["reason"],
         )
         for reason, n in sorted(self.ws_refused.items()):
