@@ -5,6 +5,11 @@ engine.websocket("/echo", EchoEndpoint())
 await engine.start()
 ...
 await engine.stop()          # 1001 to WebSocket clients, finish HTTP, then close
+
+Over 400 lines on purpose: it is the composition root (the one place that builds the
+node, hub, broker, registry and listeners and wires them together) and the lifecycle
+that must undo them in order (start, SIGHUP reload, the bounded drain). Split, the
+order of construction and of teardown would live in two files that must agree.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 A flag added here is also a config-file key, a ``LINKD_*`` variable, a line of
 ``engine config example`` and a line of ``--help``: nothing else to register.
+
+Over 400 lines on purpose: it is a table (one declaration per flag, grouped as
+``--help`` shows them), and one table is easier to read than pieces of one.
 """
 
 from __future__ import annotations
