@@ -137,17 +137,30 @@ class Emitter:
                 self._exclude.append(int(item))
         return self
 
-    async def emit(self, event: str, data: Any = None) -> None:
-        """Send ``{"type": event, "data": data}`` to the target (written immediately)."""
+    async def emit(self, event: str | bytes, data: Any = None) -> None:
+        """Send ``{"type": event, "data": data}`` to the target (written immediately).
+
+        ``emit(b"...")``: bytes instead of an event name go out as one binary frame,
+        as they are (no envelope; not numbered, so not recovered after a reconnection).
+        """
+        name: str | None = None
+        if isinstance(event, str):
+            name = event
+            payload = event_text(event, data)
+        elif data is not None:
+            raise TypeError("a binary emit is the bytes alone: emit(b'...')")
+        else:
+            payload = bytes(event)
         self._link.command(
             m.Emit(
-                payload=event_text(event, data),
+                payload=payload,
                 room=self._room,
                 user=self._user,
                 conn=self._conn,
                 everyone=self._everyone,
                 exclude=list(self._exclude),
-                event=event,
+                event=name,
+                binary=name is None,
             )
         )
         await self._link.flush()
@@ -385,7 +398,8 @@ class WsContext(Context):
         #: and disconnect.
         self.envelope = envelope
         #: What the client sent as ``data`` (the WebSocket twin of an HTTP ``ctx.body``);
-        #: None for connect and disconnect. Middleware may replace it.
+        #: a binary frame's ``bytes`` (``on_binary``); None for connect and disconnect.
+        #: Middleware may replace it.
         self.message: Any = envelope.data if envelope is not None else None
         #: Connect only: the WebSocket path, its query and the upgrade request's headers.
         self.path = path
@@ -430,8 +444,9 @@ class WsContext(Context):
         result = await self._link.query("rooms", conn=self.socket.conn)
         return [str(r) for r in result or []]
 
-    async def send(self, event: str, data: Any = None) -> None:
-        """Emit ``{"type": event, "data": data}`` to this connection only."""
+    async def send(self, event: str | bytes, data: Any = None) -> None:
+        """Emit ``{"type": event, "data": data}`` to this connection only (bytes: one
+        binary frame, as ``Emitter.emit``)."""
         await Emitter(self._link, conn=self.socket.conn).emit(event, data)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:

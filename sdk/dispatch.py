@@ -115,6 +115,8 @@ async def handle_http(service: Service, link: Link, req: m.HttpRequest) -> m.Rep
 async def handle_message(service: Service, link: Link, msg: m.Message) -> m.Reply:
     """Run the middleware chain and the handler of ``msg.type``; the result is the ack."""
     what = f"handler of {msg.type!r}"
+    if msg.binary is not None:
+        return await _handle_binary(service, link, msg)
     try:
         try:
             frame = orjson.loads(msg.json)
@@ -127,7 +129,7 @@ async def handle_message(service: Service, link: Link, msg: m.Message) -> m.Repl
             service,
             link,
             msg.auth,
-            Socket(id=str(msg.conn), conn=msg.conn),
+            Socket(id=str(msg.conn), conn=msg.conn, remote_address=msg.remote),
             WsMessage(type=msg.type, data=frame.get("data"), id=client_id),
         )
         value = await service.ws.dispatch(ctx)
@@ -141,6 +143,24 @@ async def handle_message(service: Service, link: Link, msg: m.Message) -> m.Repl
         return m.Reply(id=msg.id, json=_encode(what, value))
     except Exception as exc:
         return _error(service, msg.id, exc, what)
+
+
+async def _handle_binary(service: Service, link: Link, msg: m.Message) -> m.Reply:
+    """A binary frame: ``ctx.message`` is its bytes; no ack (it has no id), so the
+    handler's value is dropped, and an error reaches the client as an event."""
+    assert msg.binary is not None
+    try:
+        ctx = WsContext(
+            service,
+            link,
+            msg.auth,
+            Socket(id=str(msg.conn), conn=msg.conn, remote_address=msg.remote),
+            WsMessage(type=m.BINARY_TYPE, data=msg.binary),
+        )
+        await service.ws.dispatch(ctx)
+        return m.Reply(id=msg.id)
+    except Exception as exc:
+        return _error(service, msg.id, exc, "binary handler")
 
 
 async def handle_connect(service: Service, link: Link, req: m.Connect) -> m.Reply:

@@ -64,7 +64,8 @@ class WebSocketOptions:
         auth: ``"required"`` (the engine answers 401 before the upgrade without a
             valid token), ``"optional"`` (a token is verified when given: the default),
             ``"none"`` (tokens ignored); ``True``/``False`` mean required/none.
-        binary: accept binary frames (else the engine closes such a client with 1003).
+        binary: accept binary frames, handed to ``service.ws.on_binary`` (which implies
+            it); without either the engine closes a client that sends one with 1003.
         per_connection: messages of one connection handled at once (1: in order).
     """
 
@@ -515,6 +516,11 @@ class Service:
         if self.websocket is not None:
             opts = self.websocket
             mode = auth_mode(opts.auth)
+            if opts.binary and router.binary_handler is None:
+                raise ValueError(
+                    "WebSocketOptions(binary=True) needs a service.ws.on_binary handler: "
+                    "binary frames have no type to route by"
+                )
             if mode == "none" and router.requires_auth:
                 raise ValueError(
                     "handlers require auth but the websocket endpoint has auth='none': "
@@ -528,7 +534,7 @@ class Service:
                 auth=mode,
                 on_connect=router.connect_handler is not None,
                 on_disconnect=router.disconnect_handler is not None,
-                binary=opts.binary,
+                binary=opts.binary or router.binary_handler is not None,
                 per_connection=opts.per_connection,
                 concurrent=sorted(router.concurrent),
                 presence=router.presence_handler is not None,

@@ -102,6 +102,8 @@ class WsRouter:
         self.connect_handler: ConnectHandler | None = None
         self.disconnect_handler: DisconnectHandler | None = None
         self.presence_handler: PresenceHandler | None = None
+        #: ``on_binary``: binary frames (``ctx.message`` is ``bytes``).
+        self.binary_handler: WsHandler | None = None
         self._global: list[Middleware] = []
         self._scoped: list[tuple[str, Middleware]] = []
         self._chains: dict[str, list[Middleware]] = {}
@@ -178,6 +180,20 @@ class WsRouter:
         if self.catch_all is not None:
             raise ValueError("on_message is already set")
         self.catch_all = fn
+        return fn
+
+    def on_binary(self, fn: F) -> F:
+        """``async def (ctx)``: a binary frame arrived; ``ctx.message`` is its ``bytes``
+        and ``ctx.type`` is ``"linkd.binary"``. A binary frame has no envelope, so every
+        one comes here (dispatch on its first bytes if you frame your own), and no id:
+        the return value is dropped (no ack); a raised error reaches the client as
+        ``{"type": "linkd.binary", "error": {...}}``. Middleware runs as for a text
+        message of type ``linkd.binary``. Registering it makes the endpoint accept
+        binary frames (``WebSocketOptions(binary=True)``)."""
+        check_async(fn, "on_binary")
+        if self.binary_handler is not None:
+            raise ValueError("on_binary is already set")
+        self.binary_handler = fn
         return fn
 
     def on_connect(self, fn: F) -> F:
@@ -282,6 +298,7 @@ class WsRouter:
                 self.catch_all is not None,
                 self.connect_handler is not None,
                 self.disconnect_handler is not None,
+                self.binary_handler is not None,
             )
         )
 
@@ -298,6 +315,11 @@ class WsRouter:
     async def dispatch(self, ctx: WsContext) -> Any:
         """Run the middleware chain and the handler of ``ctx.type``; returns ``ctx.result``."""
         type = ctx.type
+        if ctx.envelope is not None and isinstance(ctx.envelope.data, bytes):
+            # A binary frame (JSON never decodes to bytes): its own handler.
+            if self.binary_handler is None:
+                raise UnknownMessageTypeError("no handler for binary messages")
+            return await run_chain(self._chain(type), ctx, self.binary_handler)
         route = self.handlers.get(type)
         if route is None:
             if self.catch_all is None:

@@ -29,6 +29,15 @@
  * fn({kind: "room" | "user", name}, recovered, data). recovered false: events may be
  * missing, fetch that stream's history. A duplicate (seq at or before the position,
  * same epoch) is dropped and counted in `stats.duplicates`. Requests are never resent.
+ *
+ * Token refresh (docs/clients.md): `token` (a string, or a function, sync or async,
+ * called before every attempt) goes in the `token` query parameter (a token already in
+ * `url` is read from there). With `refreshToken: async () => newToken`, the client
+ * asks for a new token `refreshBefore` ms before the current one's `exp` (read from
+ * the JWT, not verified; halfway for a shorter-lived token) and sends it as
+ * `linkd.refresh` on the open connection: no reconnection, rooms and positions stay.
+ * A refused refresh is retried until the token expires; `refresh(token?)` does one by
+ * hand. A reconnection presents the newest token.
  */
 (function (root) {
   "use strict";
@@ -48,6 +57,7 @@
     jitter: 0.3, // each delay is multiplied by a random factor in [1 - j, 1 + j]
     requestTimeout: 10000, // ms before a request without an ack rejects with TIMEOUT
     recover: true, // send positions on reconnection (the `recover` query parameter)
+    refreshBefore: 30000, // ms before the token's exp to ask refreshToken for a new one
   };
   //: Seqs remembered past a gap per stream, waiting for a recovery to fill it.
   const MAX_AHEAD = 1024;
@@ -81,6 +91,22 @@
     return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
   }
 
+  // The token's exp in ms since the epoch (read, not verified), or null.
+  function tokenExpiry(token) {
+    const parts = typeof token === "string" ? token.split(".") : [];
+    if (parts.length !== 3) return null;
+    try {
+      const b64 = parts[1].replace(/-/g, "+").replace(/_/g, "/");
+      const json = decodeURIComponent(
+        Array.from(atob(b64), (c) => "%" + c.charCodeAt(0).toString(16).padStart(2, "0")).join(""),
+      );
+      const exp = JSON.parse(json).exp;
+      return Number.isFinite(exp) ? exp * 1000 : null;
+    } catch (err) {
+      return null;
+    }
+  }
+
   class LinkdClient {
     constructor(options) {
       if (!options || !options.url) throw new TypeError("LinkdClient needs {url}");
@@ -95,6 +121,7 @@
       this.pending = new Map(); // id -> {resolve, reject, timer}
       this.listeners = new Map(); // event type (or "*") -> Set of functions
       this.stateListeners = new Set();
+      this.binaryListeners = new Set(); // fn(ArrayBuffer) per binary frame
       if (this.options.onState) this.stateListeners.add(this.options.onState);
       this.recoveredListeners = new Set();
       if (this.options.onRecovered) this.recoveredListeners.add(this.options.onRecovered);
@@ -106,6 +133,9 @@
       this.stopped = false;
       this.opening = false;
       this.retryTimer = null;
+      this.token = null; // the token of the current connection
+      this.refreshed = null; // the newest token a refresh installed
+      this.refreshTimer = null;
     }
 
     /** Open the connection (and keep it open until close()). */
@@ -122,6 +152,7 @@
       this.retryTimer = null;
       if (this.ws) this.ws.close(code || 1000, reason || "");
       this.ws = null;
+      clearTimeout(this.refreshTimer);
       this._failPending("CLOSED", "the client was closed");
       this._setState("closed");
     }
@@ -131,6 +162,19 @@
       if (!this.listeners.has(type)) this.listeners.set(type, new Set());
       this.listeners.get(type).add(fn);
       return () => this.listeners.get(type).delete(fn);
+    }
+
+    /** Listen for binary frames (a service's emit of bytes): fn(ArrayBuffer). */
+    onBinary(fn) {
+      this.binaryListeners.add(fn);
+      return () => this.binaryListeners.delete(fn);
+    }
+
+    /** Send one binary frame (ArrayBuffer or typed array; no ack); false when not connected. */
+    sendBinary(data) {
+      if (!this.connected) return false;
+      this.ws.send(data);
+      return true;
     }
 
     /** Listen for state changes: fn(state, detail). Returns an unsubscriber. */
@@ -189,6 +233,24 @@
       });
     }
 
+    /**
+     * Replace the connection's token (`linkd.refresh`): `token`, or one from the
+     * refreshToken option. Resolves with the new expiry (ms since the epoch, or null);
+     * rejects with a LinkdError (UNAUTHORIZED, FORBIDDEN: another user, RATE_LIMITED),
+     * and the connection keeps its old token.
+     */
+    async refresh(token) {
+      if (token === undefined) {
+        if (!this.options.refreshToken) throw new TypeError("no token and no refreshToken option");
+        token = await this.options.refreshToken();
+      }
+      const data = await this.request("linkd.refresh", { token });
+      this.token = token;
+      this.refreshed = token;
+      this._scheduleRefresh();
+      return data && Number.isFinite(data.expiresAt) ? data.expiresAt * 1000 : null;
+    }
+
     /** Send without asking for an ack; returns false when not connected. */
     send(type, data) {
       if (!this.connected) return false;
@@ -212,6 +274,13 @@
       }
       this.opening = false;
       if (this.stopped) return;
+      try {
+        url = await this._withToken(url);
+      } catch (err) {
+        if (!this.stopped) this._scheduleRetry(null, err);
+        return;
+      }
+      if (this.stopped) return;
       const positions = this.positions();
       const asks = this.options.recover && (this.user || this.rooms.size > 0);
       this.recovering = asks ? positions : null;
@@ -222,6 +291,7 @@
       }
       const reconnection = this.everOpened;
       const ws = new WebSocket(url);
+      ws.binaryType = "arraybuffer";
       this.ws = ws;
       ws.onopen = () => {
         if (ws !== this.ws) return;
@@ -229,18 +299,60 @@
         this.everOpened = true;
         if (reconnection) this.stats.reconnects += 1;
         this._setState("open");
+        this._scheduleRefresh();
       };
       ws.onmessage = (msg) => {
-        if (ws === this.ws) this._receive(msg.data);
+        if (ws !== this.ws) return;
+        if (typeof msg.data === "string") this._receive(msg.data);
+        else this._binary(msg.data);
       };
       ws.onclose = (ev) => {
         if (ws !== this.ws) return;
         this.ws = null;
+        clearTimeout(this.refreshTimer);
         this._failPending("DISCONNECTED", "the connection closed");
         if (!this.stopped) this._scheduleRetry(ev.code);
       };
       // An error is always followed by a close event, which does the work.
       ws.onerror = () => {};
+    }
+
+    // The URL with the token to present: the newest refreshed one, else the option's,
+    // else the one in the URL; remembers it as this.token.
+    async _withToken(url) {
+      const o = this.options;
+      const u = new URL(url, typeof location !== "undefined" ? location.href : undefined);
+      let token = u.searchParams.get("token");
+      if (typeof o.token === "function") token = await o.token();
+      else if (this.refreshed) token = this.refreshed;
+      else if (o.token) token = o.token;
+      this.token = token || null;
+      if (token && token !== u.searchParams.get("token")) {
+        u.searchParams.set("token", token);
+        return u.toString();
+      }
+      return url;
+    }
+
+    // Ask refreshToken for a new token ahead of the current one's exp.
+    _scheduleRefresh(retry) {
+      clearTimeout(this.refreshTimer);
+      this.refreshTimer = null;
+      const exp = tokenExpiry(this.token);
+      if (!this.options.refreshToken || exp === null || !this.connected) return;
+      const left = exp - Date.now();
+      if (left <= 0) return;
+      const wait = retry
+        ? Math.max(1000, Math.min(5000, left / 4))
+        : Math.max(0, left - Math.min(this.options.refreshBefore, left / 2));
+      this.refreshTimer = setTimeout(() => {
+        this.refreshTimer = null;
+        this.refresh().catch((err) => {
+          if (err && err.code === "DISCONNECTED") return;
+          console.warn("linkd token refresh failed, retrying", err);
+          this._scheduleRefresh(true);
+        });
+      }, wait);
     }
 
     _scheduleRetry(code, error) {
@@ -334,6 +446,16 @@
       }
     }
 
+    _binary(data) {
+      for (const fn of Array.from(this.binaryListeners)) {
+        try {
+          fn(data);
+        } catch (err) {
+          console.error("linkd binary listener failed", err);
+        }
+      }
+    }
+
     _emit(type, data, frame) {
       const fns = this.listeners.get(type);
       if (!fns) return;
@@ -369,6 +491,6 @@
   root.LinkdClient = LinkdClient;
   root.LinkdError = LinkdError;
   if (typeof module !== "undefined" && module.exports) {
-    module.exports = { LinkdClient, LinkdError };
+    module.exports = { LinkdClient, LinkdError, tokenExpiry };
   }
 })(typeof window !== "undefined" ? window : globalThis);

@@ -79,7 +79,8 @@ class WebSocketEndpoint:
     A plain ``on_message`` runs inline, with no task per message (the fast path).
     """
 
-    #: Accept binary messages; if False they are refused with close 1003.
+    #: Accept binary messages (``on_message`` gets ``bytes``); if False they are
+    #: refused with close 1003 (service endpoints: unless the service has ``on_binary``).
     accept_binary: bool = True
     #: Over the connection's message rate (``ws_rate``): True stops reading the socket
     #: until the rate allows the next message (TCP backpressure: nothing is lost, the
@@ -87,7 +88,9 @@ class WebSocketEndpoint:
     #: ``on_rate_limited`` (what service endpoints do: they answer RATE_LIMITED).
     throttle: bool = True
     #: Token policy at the upgrade: "none", "optional" (verified when present) or
-    #: "required" (401 before the upgrade without a valid one).
+    #: "required" (401 before the upgrade without a valid one). With a policy, the
+    #: engine takes ``linkd.refresh`` messages itself (a new token of the same user,
+    #: docs/clients.md): ``on_message`` never sees them, and ``ws.auth`` changes.
     auth_policy: str = "none"
 
     def reject_upgrade(self, request: Request) -> Response | None:

@@ -51,7 +51,7 @@ class LocalBroker:
 
     def publish(self, publish: Publish) -> None:
         assert self._hub is not None
-        field = FIELDS.get(publish.kind)
+        field = None if publish.binary else FIELDS.get(publish.kind)
         if field is not None:
             # No seq for the hub: recoveries here are synchronous, nothing is held back.
             stamped = self.history.append(publish.stream, publish.payload, field, publish.name)

@@ -37,7 +37,8 @@ class Publish:
     #: The connection id (kind ``"c"``): an int from the IPC message to ``Hub.by_id``.
     conn: int | None = None
     #: A complete JSON event ``{"type", "data"}``, UTF-8; numbered (``"room"``/``"user"``,
-    #: ``"seq"``, ``"epoch"`` appended) once a broker has stamped it.
+    #: ``"seq"``, ``"epoch"`` appended) once a broker has stamped it. Any bytes when
+    #: ``binary``.
     payload: bytes
     #: Connection ids that do not get it (a numbered one sends them ``linkd.skip``).
     exclude: tuple[int, ...] = ()
@@ -53,6 +54,9 @@ class Publish:
     #: loop iteration: lower latency for a lone publish on an idle engine, more system
     #: calls on a busy one. Decided by the caller that knows (the IPC connection).
     write_now: bool = False
+    #: One binary frame (a service's ``emit`` of bytes): never numbered, never kept
+    #: (the JSON stream cannot hold it; brokers carry it, unnumbered).
+    binary: bool = False
 
     @classmethod
     def to(
@@ -66,6 +70,7 @@ class Publish:
         exclude: Iterable[int] = (),
         event: str | None = None,
         write_now: bool = False,
+        binary: bool = False,
     ) -> Publish:
         """The publish of ``payload`` to its one target: a room first, then a user,
         everyone, one connection (when a caller names several).
@@ -91,6 +96,7 @@ class Publish:
             exclude=tuple(exclude),
             event=event,
             write_now=write_now,
+            binary=binary,
         )
 
     @property

@@ -316,9 +316,12 @@ class RedisBroker:
             # On the channel: '[node, exclude, event, seq]\n' + body (as _PUBLISH sends it).
             header = orjson.dumps(publish.exclude), orjson.dumps(publish.event)
             kind, name = publish.kind, publish.name
-            if kind == "*":
-                envelope = b'["%s",%s,%s,null]\n' % (self.node.encode(), *header) + publish.payload
-                pipe.publish(b"lk:*", envelope)
+            if kind == "*" or publish.binary:
+                # Unnumbered: everyone, and binary frames (not kept for recovery); a
+                # fifth header field marks the binary ones.
+                flag = b",true" if publish.binary else b""
+                head = b'["%s",%s,%s,null%s]\n' % (self.node.encode(), *header, flag)
+                pipe.publish(_channel(kind, name), head + publish.payload)
                 continue
             seq_key, epoch_key, hist_key = _keys(kind, name)
             args = (
@@ -344,7 +347,7 @@ class RedisBroker:
             raise
         for publish, result in zip(batch, results, strict=True):
             channel = _channel(publish.kind, publish.name)
-            seq = int(result) if publish.kind != "*" else 0
+            seq = int(result) if publish.kind != "*" and not publish.binary else 0
             if seq and channel in self._confirmed and self._delivered.get(channel, 0) < seq:
                 self._echoes[channel] = max(seq, self._echoes.get(channel, 0))
 
@@ -409,7 +412,7 @@ class RedisBroker:
         data = message["data"]
         head, _, body = data.partition(b"\n")
         try:
-            node, excluded, event, seq = orjson.loads(head)
+            node, excluded, event, seq, *flags = orjson.loads(head)
         except (orjson.JSONDecodeError, ValueError):
             log.warning("malformed message on %r dropped", channel)
             return
@@ -431,6 +434,7 @@ class RedisBroker:
                 exclude=tuple(excluded) if excluded and node == self.node else (),
                 event=event,
                 seq=seq,
+                binary=bool(flags and flags[0]),
             )
         )
 

@@ -313,8 +313,16 @@ class Hub:
 
     def deliver(self, publish: Publish) -> int:
         """Queue a published event to the local connections concerned (the broker's
-        callback). ``publish.seq``: its number, for the recoveries holding it back."""
+        callback). ``publish.seq``: its number, for the recoveries holding it back; a
+        ``binary`` one goes out as one binary frame, built once as a text one is."""
         targets = self._targets(publish)
+        if publish.binary:
+            # Not in the stream (unnumbered, never recovered): nothing to order it
+            # against, so not held behind a recovery either.
+            message = OutboundMessage(
+                publish.payload, text=False, compression_threshold=self.compression_threshold
+            )
+            return self.fan(publish, message, targets)
         if self.pending:
             waiting = self.pending.get(publish.stream)
             if waiting:

@@ -203,7 +203,8 @@ class IpcProtocol(asyncio.Protocol):
                 _require_utf8(msg.error.details, "reply.error.details")
             self._reply(msg)
         elif isinstance(msg, m.Emit):
-            _require_utf8(msg.payload, "emit.payload")
+            if not msg.binary:  # a binary emit is any bytes, in a binary frame
+                _require_utf8(msg.payload, "emit.payload")
             targets = (msg.room, msg.user, msg.conn)
             if sum(t is not None for t in targets) + msg.everyone != 1:
                 raise IpcProtocolError(IpcError.BAD_FIELD, "emit needs exactly one target")
@@ -221,6 +222,7 @@ class IpcProtocol(asyncio.Protocol):
                     exclude=msg.exclude,
                     event=msg.event,
                     write_now=lone_emit and self._state.corker.idle,
+                    binary=msg.binary,
                 )
             )
         elif isinstance(msg, m.Join):

@@ -5,7 +5,9 @@ parsed once, routed by type (exact, group prefix, catch-all), forwarded as the
 client's own text, and the worker's reply becomes the ack ``{id, type, data}`` or
 ``{id, type, error}``, built by concatenating JSON texts (nothing re-encoded). A message
 whose id was seen lately from the same user (or connection) is answered from the
-node's ``ReplayCache`` (engine/services/replay.py) instead of running again.
+node's ``ReplayCache`` (engine/services/replay.py) instead of running again. A binary
+frame (``WsRoute.binary``) has no envelope: it goes as it is, typed ``linkd.binary``,
+to the service's binary handler, without an ack (an error comes back as an event).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -139,8 +141,8 @@ class ServiceWsEndpoint(WebSocketEndpoint):
         #: Types whose repeats run the handler again (``idempotent: False``).
         self.not_idempotent = frozenset(route.not_idempotent)
         self.replay = entry.registry.replay
-        # Binary frames are not forwarded in protocol version 1: close 1003.
-        self.accept_binary = False
+        # Binary frames go to the service only if it asked for them; else close 1003.
+        self.accept_binary = route.binary
         # Over the rate, a message is refused (RATE_LIMITED), not waited for: the
         # client may have other work in flight that should not stall behind it.
         self.throttle = False
@@ -186,7 +188,8 @@ class ServiceWsEndpoint(WebSocketEndpoint):
 
     # -------------------------------------------------------------- message
     def on_message(self, ws: WebSocket, data: str | bytes) -> Awaitable[None] | None:
-        assert isinstance(data, str)  # binary was refused with 1003 already
+        if not isinstance(data, str):  # accepted only when the route is binary
+            return self._binary(ws, data)
         try:
             envelope = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -226,6 +229,27 @@ class ServiceWsEndpoint(WebSocketEndpoint):
                         self._rate_limited_event(ws, msg_id, message_type, wait)
                     return None
         coro = self._forward(ws, data.encode(), message_type, msg_id)
+        return self._schedule(ws, coro, message_type)
+
+    def _binary(self, ws: WebSocket, data: bytes) -> Awaitable[None] | None:
+        """A binary frame: no envelope, no id, so no ack and no replay; forwarded in
+        order with the connection's other messages."""
+        message_type = m.BINARY_TYPE
+        type_limit = self.type_limits.get(message_type) if self.type_limits else None
+        if type_limit is not None:
+            wait = ws.rate_limit(message_type, *type_limit)
+            if wait:
+                if not ws.closed:
+                    ws.note_dropped(wait)
+                return None
+        coro = self._forward(ws, data, message_type, None, binary=True)
+        return self._schedule(ws, coro, message_type)
+
+    def _schedule(
+        self, ws: WebSocket, coro: Coroutine[Any, Any, None], message_type: str
+    ) -> Awaitable[None] | None:
+        """Run a forward in the connection's order, or beside it (``concurrent`` types,
+        ``per_connection`` > 1)."""
         if message_type in self.concurrent:
             self.state.spawn(coro)  # the handler opted out of per-connection ordering
             return None
@@ -239,10 +263,12 @@ class ServiceWsEndpoint(WebSocketEndpoint):
             return None
         return coro  # at the limit: the next message waits for this one
 
-    async def _forward(self, ws: WebSocket, raw: bytes, message_type: str, msg_id: Any) -> None:
+    async def _forward(
+        self, ws: WebSocket, raw: bytes, message_type: str, msg_id: Any, binary: bool = False
+    ) -> None:
         try:
             if msg_id is None or message_type in self.not_idempotent:
-                frame, _ = await self._answer(ws, raw, message_type, msg_id)
+                frame, _ = await self._answer(ws, raw, message_type, msg_id, binary)
             else:
                 frame = await self._answer_once(ws, raw, message_type, msg_id)
             if frame is not None:
@@ -287,7 +313,7 @@ class ServiceWsEndpoint(WebSocketEndpoint):
         return frame
 
     async def _answer(
-        self, ws: WebSocket, raw: bytes, message_type: str, msg_id: Any
+        self, ws: WebSocket, raw: bytes, message_type: str, msg_id: Any, binary: bool = False
     ) -> tuple[bytes | None, bool]:
         """Forward to a worker: the frame to send (None: nothing, a message without an
         id that succeeded) and whether a repeat may be told the same."""
@@ -298,9 +324,10 @@ class ServiceWsEndpoint(WebSocketEndpoint):
                 id=request_id,
                 conn=ws.id,
                 type=message_type,
-                json=raw,
+                json=b"" if binary else raw,
                 auth=ws.auth,
                 remote=remote,
+                binary=raw if binary else None,
             )
 
         try:

@@ -3,8 +3,9 @@
 ``WsProtocol`` (protocol.py) is ONE object per connection, assembled from one mixin per
 job: facade.py (what handlers and the hub call), outbound.py (the cork, the outbound
 cap), lossy.py (the backlog of the lossy slow-consumer policies), inbound.py (events
-to handlers, in order), guards.py (rate limits, abuse, refusal reports) and timers.py
-(the one deadline: heartbeat, token expiry, close timeout). Every slot is declared
+to handlers, in order), guards.py (rate limits, abuse, refusal reports), refresh.py
+(a new token for an open connection) and timers.py (the one deadline: heartbeat,
+token expiry, close timeout). Every slot is declared
 here, once, and set in ``__init__``; the mixins declare ``__slots__ = ()``, so the
 object is a single allocation whose size is this list (8 bytes a slot, times every
 idle connection). The parts most connections never allocate (``Refusals``,
@@ -226,6 +227,7 @@ class WsBase(asyncio.Protocol):
         def _report(self, now: float) -> None: ...  # guards.py
         def _arm_heartbeat(self, now: float) -> None: ...  # timers.py
         def _set_deadline(self, when: float) -> None: ...  # timers.py
+        def _refresh(self, text: str) -> bool: ...  # refresh.py
 
 
 class Refusals:

@@ -3,10 +3,11 @@
 ``_pump`` runs once per read (protocol.py ``data_received``) within the frame budget
 (frames that are not whole messages: pings, pongs, fragments); ``_handle_events``
 answers pings and the closing handshake and hands each message to ``_dispatch``, which
-charges the message rate (guards.py) and calls ``on_message``. A plain handler runs
-inline; a coroutine runs as a task, and messages that arrive meanwhile wait in the
-inbox (up to ``max_inbound_queue``, then reading pauses) and are handed over one at a
-time: the connection's order is kept here, by its one task, and nowhere else.
+charges the message rate (guards.py), takes a ``linkd.refresh`` for itself (refresh.py)
+and calls ``on_message``. A plain handler runs inline; a coroutine runs as a task, and
+messages that arrive meanwhile wait in the inbox (up to ``max_inbound_queue``, then
+reading pauses) and are handed over one at a time: the connection's order is kept
+here, by its one task, and nowhere else.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Awaitable
 
 from engine.limits.ratelimit import TokenBucket
 from engine.ws.base import FRAMES_PER_TURN, PAUSE_QUEUE, PAUSE_RATE, PAUSE_TURN, WsBase
+from engine.ws.refresh import REFRESH_TYPE
 from protocol import CloseCode
 from protocol.ws import (
     BinaryMessage,
@@ -188,6 +190,13 @@ class Inbound(WsBase):
                         except Exception:
                             self._handler_failed()
                     return False
+        if (
+            endpoint.auth_policy != "none"
+            and type(data) is str
+            and REFRESH_TYPE in data  # a scan, not a parse, for every other message
+            and self._refresh(data)
+        ):
+            return throttled  # the engine's own: before the inbox, never a handler's
         if self._busy:
             inbox = self._inbox
             if inbox is None:

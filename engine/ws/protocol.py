@@ -11,6 +11,7 @@ object per connection (the slots are declared once, in base.py):
 - lossy.py     the backlog of the ``drop_oldest``/``conflate`` policies
 - inbound.py   frame budget, events to ``on_message``, the inbox and its one task
 - guards.py    rate limits, abuse (1008), ``linkd.rate_limited`` reports
+- refresh.py   ``linkd.refresh``: a new token without reconnecting
 - timers.py    the one deadline: heartbeat, token expiry, close timeout, wake-ups
 """
 
@@ -27,6 +28,7 @@ from engine.ws.guards import Guards
 from engine.ws.inbound import Inbound
 from engine.ws.lossy import Lossy
 from engine.ws.outbound import Outbound
+from engine.ws.refresh import Refresh
 from engine.ws.timers import Timers
 from protocol import CloseCode
 
@@ -38,7 +40,7 @@ __all__ = ["WsProtocol"]
 log = logging.getLogger("linkd.ws")
 
 
-class WsProtocol(Facade, Outbound, Lossy, Inbound, Guards, Timers):
+class WsProtocol(Facade, Outbound, Lossy, Inbound, Guards, Refresh, Timers):
     """One upgraded connection. Handlers receive it as a ``WebSocket``."""
 
     __slots__ = ()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 __all__ = [
+    "BINARY_TYPE",
     "PROTOCOL_VERSION",
     "Close",
     "Connect",
@@ -42,6 +43,8 @@ __all__ = [
 #: between services (``publish``, ``event``, ``Registration.events``), room history
 #: (``query`` ``what: "history"``) and ``WsRoute.not_idempotent``; see docs/ipc.md §8.
 PROTOCOL_VERSION = 2
+#: The ``type`` of a ``message`` carrying a binary frame (it has no envelope of its own).
+BINARY_TYPE = "linkd.binary"
 
 Headers = list[tuple[str, str]]
 
@@ -74,7 +77,8 @@ class WsRoute:
     #: Whether the service wants connect / disconnect events.
     on_connect: bool = False
     on_disconnect: bool = False
-    #: Whether binary messages are accepted (else the connection is closed with 1003).
+    #: Whether binary messages are accepted (v2: forwarded as ``Message.binary``); else
+    #: a connection that sends one is closed with 1003.
     binary: bool = False
     #: Messages of one connection handled concurrently (1 = strictly in order).
     per_connection: int = 1
@@ -178,7 +182,11 @@ class Connect:
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """A client message ``{type, data, id}``; ``json`` is the client's text, untouched."""
+    """A client message ``{type, data, id}``; ``json`` is the client's text, untouched.
+
+    A binary frame (v2, ``WsRoute.binary``) has no envelope: ``type`` is
+    ``BINARY_TYPE``, ``json`` is empty and ``binary`` holds the frame's bytes.
+    """
 
     TYPE: ClassVar[str] = "message"
     id: int
@@ -187,6 +195,8 @@ class Message:
     json: bytes
     auth: Any = None
     remote: str | None = None
+    #: v2: the payload of a binary frame (then ``json`` is ``b""``).
+    binary: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +284,8 @@ class Leave:
 
 @dataclass(frozen=True, slots=True)
 class Emit:
-    """Send ``payload`` (a complete JSON event, UTF-8) to exactly one kind of target."""
+    """Send ``payload`` (a complete JSON event, UTF-8) to exactly one kind of target;
+    with ``binary`` (v2), ``payload`` is any bytes, sent as one binary frame."""
 
     TYPE: ClassVar[str] = "emit"
     payload: bytes
@@ -286,6 +297,8 @@ class Emit:
     #: The event's type (``chat.message``): selects its slow-consumer policy and, with
     #: the target, its conflation key.
     event: str | None = None
+    #: v2: ``payload`` goes out as a binary frame, unnumbered (not kept for recovery).
+    binary: bool = False
 
 
 @dataclass(frozen=True, slots=True)

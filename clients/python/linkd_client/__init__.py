@@ -9,13 +9,14 @@ missed events (docs/recovery.md, docs/clients.md). The browser twin is clients/j
 | ``positions`` | where the client is in each stream; gaps, duplicates, ``?recover=`` |
 | ``events`` | events, callbacks, ``events()`` iterators, counters |
 | ``backoff`` | delays between reconnection attempts |
+| ``tokens`` | when to refresh a token (its ``exp``, read unverified) |
 | ``errors`` | ``ClientError`` (an error ack), ``ConnectionLostError`` |
 """
 
 from __future__ import annotations
 
 from .backoff import Backoff
-from .client import Client, TokenSource
+from .client import Client, RefreshSource, TokenSource
 from .errors import ClientError, ConnectionLostError
 from .events import ClientStats, Event, EventStream, State
 from .positions import MAX_AHEAD, Cursor, Positions, Stream
@@ -31,6 +32,7 @@ __all__ = [
     "Event",
     "EventStream",
     "Positions",
+    "RefreshSource",
     "State",
     "Stream",
     "TokenSource",

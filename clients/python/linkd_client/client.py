@@ -18,6 +18,7 @@ import inspect
 import itertools
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeAlias
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -38,12 +39,14 @@ from .events import (
     StateCallback,
 )
 from .positions import Positions
+from .tokens import refresh_delay, token_expiry
 
-__all__ = ["Client", "TokenSource"]
+__all__ = ["Client", "RefreshSource", "TokenSource"]
 
 logger = logging.getLogger("linkd.client")
 
 TokenSource: TypeAlias = str | Callable[[], str | Awaitable[str]] | None
+RefreshSource: TypeAlias = Callable[[], str | Awaitable[str]] | None
 
 #: HTTP statuses of a refused upgrade that another attempt will not change.
 _FATAL_STATUS = frozenset({400, 404, 405, 426})
@@ -57,6 +60,14 @@ class Client:
         url: ``ws://`` or ``wss://`` URL of the endpoint (a query string is kept).
         token: a JWT, or a function (sync or async) returning one, called before every
             connection attempt; sent as ``Authorization: Bearer``.
+        refresh_token: a function (sync or async) returning a new JWT of the same user:
+            called ``refresh_before`` seconds before the current token's ``exp`` (read
+            from the token, not verified), and the new token is sent as
+            ``linkd.refresh`` on the open connection (rooms and positions stay). A
+            refused refresh is retried until the token expires; a reconnection after a
+            refresh uses the refreshed token when ``token`` is a string.
+        refresh_before: seconds before ``exp`` to refresh (halfway for a token that
+            lives shorter than twice that).
         recover: ask for the events missed while disconnected (docs/recovery.md).
         backoff: delays between reconnection attempts.
         request_timeout: default seconds ``request`` waits for its ack.
@@ -73,6 +84,8 @@ class Client:
         url: str,
         *,
         token: TokenSource = None,
+        refresh_token: RefreshSource = None,
+        refresh_before: float = 30.0,
         recover: bool = True,
         backoff: Backoff | None = None,
         request_timeout: float = 10.0,
@@ -91,6 +104,11 @@ class Client:
         #: Why the client stopped reconnecting, when it gave up on an error.
         self.last_error: BaseException | None = None
         self._token = token
+        self.refresh_token = refresh_token
+        self.refresh_before = refresh_before
+        #: The token the open connection is authenticated with (None: anonymous).
+        self.current_token: str | None = None
+        self._refresher: asyncio.Task[None] | None = None
         self._max_queue = max_queue or 0
         self._connect_options = dict(connect_options or {})
         self._state: State = "closed"
@@ -104,6 +122,7 @@ class Client:
         self._id_prefix = f"c{secrets.token_hex(4)}."
         self._pending: dict[str, asyncio.Future[Event]] = {}
         self._handlers: dict[str, list[Handler]] = {}
+        self._binary_handlers: list[Callable[[bytes], Awaitable[None] | None]] = []
         self._state_callbacks: list[StateCallback] = []
         self._recovered_callbacks: list[RecoveredCallback] = []
         self._streams: set[EventStream] = set()
@@ -208,6 +227,28 @@ class Client:
             raise ClientError(code, message, error.get("details"), error)
         return ack.get("data")
 
+    async def refresh(self, token: str | None = None) -> float | None:
+        """Replace the open connection's token (``linkd.refresh``, docs/clients.md):
+        ``token``, or a new one from ``refresh_token``. Returns the new expiry (UNIX
+        seconds, None for a token without one).
+
+        Raises:
+            ClientError: refused (``UNAUTHORIZED``, ``FORBIDDEN``: another user,
+                ``RATE_LIMITED``); the connection keeps its old token.
+            ConnectionLostError, TimeoutError: as ``request``.
+        """
+        if token is None:
+            if self.refresh_token is None:
+                raise ValueError("no token given and no refresh_token callback")
+            fresh = self.refresh_token()
+            token = await fresh if inspect.isawaitable(fresh) else fresh
+        data = await self.request("linkd.refresh", {"token": token})
+        self.current_token = token
+        if isinstance(self._token, str):
+            self._token = token  # a reconnection presents the newest token
+        expires = data.get("expiresAt") if isinstance(data, dict) else None
+        return float(expires) if isinstance(expires, int | float) else None
+
     async def send(self, type: str, data: Any = None) -> None:
         """Send ``{"type", "data"}`` without asking for an ack.
 
@@ -218,6 +259,23 @@ class Client:
             await self._connection().send(orjson.dumps({"type": type, "data": data}).decode())
         except ConnectionClosed as exc:
             raise ConnectionLostError("the connection closed") from exc
+
+    async def send_binary(self, data: bytes) -> None:
+        """Send one binary frame (to a service with an ``on_binary`` handler; no ack).
+
+        Raises:
+            ConnectionLostError: not connected.
+        """
+        try:
+            await self._connection().send(bytes(data))
+        except ConnectionClosed as exc:
+            raise ConnectionLostError("the connection closed") from exc
+
+    def on_binary(self, handler: Callable[[bytes], Awaitable[None] | None]) -> Callable[[], None]:
+        """Call ``handler(data)`` for each binary frame received (a service's emit of
+        bytes: not an event, not numbered). Returns a remover."""
+        self._binary_handlers.append(handler)
+        return lambda: _discard(self._binary_handlers, handler)
 
     def on(self, type: str, handler: Handler) -> Callable[[], None]:
         """Call ``handler(event)`` for each event of ``type`` (``"*"``: every event).
@@ -314,8 +372,38 @@ class Client:
         headers = {"Authorization": f"Bearer {token}"} if token else None
         ws = await connect(self._connect_url(), additional_headers=headers, **self._connect_options)
         self._ws = ws
+        self.current_token = token or None
         self._set_state("open")
+        if self.refresh_token is not None and token:
+            self._stop_refresher()
+            self._refresher = asyncio.create_task(self._refresh_loop(ws))
         return ws
+
+    async def _refresh_loop(self, ws: ClientConnection) -> None:
+        """Refresh the token of ``ws`` ahead of each expiry, while it is open."""
+        while self._ws is ws and self.current_token:
+            expires = token_expiry(self.current_token)
+            if expires is None:
+                return  # no exp: nothing will close the connection for it
+            await asyncio.sleep(refresh_delay(expires, time.time(), self.refresh_before))
+            if self._ws is not ws:
+                return
+            try:
+                await self.refresh()
+            except ConnectionLostError:
+                return
+            except Exception as exc:  # refused, timed out, or the callback failed
+                left = expires - time.time()
+                if left <= 0:
+                    logger.warning("token refresh failed, the token expired: %s", exc)
+                    return
+                logger.warning("token refresh failed, retrying: %s", exc)
+                await asyncio.sleep(max(1.0, min(5.0, left / 4)))
+
+    def _stop_refresher(self) -> None:
+        task, self._refresher = self._refresher, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
 
     async def _run(self, ws: ClientConnection) -> None:
         """Read until the connection drops, then reconnect, until told to stop."""
@@ -326,6 +414,7 @@ class Client:
                 opened_at = loop.time()
                 self.close_code = await self._read(ws)
                 self._ws = None
+                self._stop_refresher()
                 self._fail_pending()
                 if self._closing or not self._should_reconnect(self.close_code):
                     return
@@ -357,6 +446,10 @@ class Client:
         return received.code if received is not None else None
 
     async def _receive(self, raw: str | bytes) -> None:
+        if isinstance(raw, bytes):  # a binary frame: no envelope, no position
+            for binary_handler in list(self._binary_handlers):
+                self._call(binary_handler, raw)
+            return
         try:
             frame = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -423,6 +516,7 @@ class Client:
 
     def _finish(self) -> None:
         self._ws = None
+        self._stop_refresher()
         self._fail_pending()
         self._set_state("closed")
         # The iterators end once they have read what they hold.
