@@ -491,8 +491,11 @@ async def test_a_worker_sees_the_forwarded_address() -> None:
             f"ws://127.0.0.1:{eng.port}/ws/remote", additional_headers=forged, open_timeout=5
         ) as ws:
             event = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+            await ws.send(orjson.dumps({"type": "remote.whoami", "id": 1}).decode())
+            ack = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
         assert event["type"] == "remote.address", event
         assert event["data"]["remote"].startswith("203.0.113.9:"), event
+        assert ack["id"] == 1 and ack["data"]["remote"].startswith("203.0.113.9:"), ack
         c = await Client.open(eng.port)
         reply = await c.get("/remote/whoami", [("X-Forwarded-For", "198.51.100.4")])
         await c.close()

@@ -23,3 +23,9 @@ async def whoami_http(ctx: HttpContext) -> Any:
 @service.ws.on_connect
 async def on_connect(ctx: WsContext) -> None:
     await ctx.send("remote.address", {"remote": ctx.socket.remote_address})
+
+
+@service.ws.on("remote.whoami")
+async def whoami_ws(ctx: WsContext) -> Any:
+    # In a message handler too, not only on connect.
+    return {"remote": ctx.socket.remote_address}
