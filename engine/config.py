@@ -226,6 +226,20 @@ class Config:
     #: Refuse (403) an upgrade without ``Origin`` too (only browsers send one).
     require_origin: bool = False
 
+    #: Keys of the server API (``--api-key``, engine/http/server_api.py, docs/server-api.md):
+    #: ``Authorization: apikey <key>`` must name one. Empty: the API is off (404). Never
+    #: printed: out of the repr.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    #: Server API calls per second per key (and per address before a key is known),
+    #: with ``api_burst`` at once; over it 429.
+    api_rate: float = 100.0
+    api_burst: float = 200.0
+    #: The largest server API request body; over it 413.
+    api_max_body: int = 64 * 1024
+    #: Also serve the server API on the client port under ``/api/`` (default: only on
+    #: ``--admin-listen``).
+    api_on_client_port: bool = False
+
     def __post_init__(self) -> None:
         for name in (
             "heartbeat",
@@ -258,6 +272,9 @@ class Config:
             raise ValueError("recovery_timeout must be positive and recovery_max_held at least 1")
         if self.drain_batch < 1 or self.drain_interval < 0:
             raise ValueError("drain_batch must be at least 1 and drain_interval not negative")
+        check_rate("api_rate/api_burst", self.api_rate, self.api_burst)
+        if self.api_max_body < 1 or any(not key for key in self.api_keys):
+            raise ValueError("api_max_body must be positive and every api key non-empty")
         if self.presence_lease <= 0:
             raise ValueError("presence_lease must be positive")
         if self.presence_grace < 0:

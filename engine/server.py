@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
 from engine.api.endpoint import WebSocket, WebSocketEndpoint
-from engine.api.request import HttpHandler
+from engine.api.request import HttpHandler, Request, Response
 from engine.api.routes import Routes
 from engine.auth import Authenticator
 from engine.brokers.base import Broker
@@ -38,6 +38,7 @@ from engine.core.metrics import Metrics
 from engine.core.sweeper import Sweeper
 from engine.http.admin import Admin, AdminProtocol
 from engine.http.protocol import HttpProtocol
+from engine.http.server_api import ServerApi
 from engine.hub.fanout import prepare
 from engine.hub.hub import Hub
 from engine.hub.member import Member
@@ -49,7 +50,7 @@ from engine.services.routing import mount_service
 from engine.services.supervisor import Supervisor
 from engine.tls import Certificates
 from engine.ws.echo import EchoEndpoint
-from protocol import CloseCode
+from protocol import CloseCode, ErrorCode
 
 if TYPE_CHECKING:
     from engine.brokers.redis_presence import RedisPresence
@@ -87,8 +88,12 @@ class Engine:
         #: Set once the workers were told to stop (``_begin_worker_stop``).
         self._workers_stopping: asyncio.Future[None] | None = None
         self._presence_listeners: list[PresenceListener] = []
+        #: The server API (engine/http/server_api.py), built at start.
+        self._api: ServerApi | None = None
         for path in self.config.echo_paths:
             self.websocket(path, EchoEndpoint())
+        if self.config.api_on_client_port:
+            self.route("POST", "/api/:method", self._serve_api)
 
     # ------------------------------------------------------------- mounting
     def route(self, method: str, path: str, handler: HttpHandler) -> None:
@@ -180,6 +185,7 @@ class Engine:
                 min_version=config.tls_min_version,
             )
         self._state = state = build_node(self.config, self.routes, loop, self.metrics)
+        self._api = ServerApi(state, started)
         self._stopped = asyncio.Event()
         state.presence.listeners.extend(self._presence_listeners)
         await state.broker.start(state.hub)
@@ -229,10 +235,19 @@ class Engine:
             )
             self._supervisor.start()
 
+    async def _serve_api(self, request: Request) -> Response:
+        """``--api-on-client-port``: the server API under ``/api/`` of the client port."""
+        api = self._api
+        if api is None or not api.enabled:
+            return Response.error(ErrorCode.NOT_FOUND, "the server API is off (no --api-key)")
+        peer = request.remote[0] if request.remote else ""
+        status, headers, body = await api.answer(request.http, peer)
+        return Response(status, headers, body)
+
     async def _start_admin(self, state: Node, started: float) -> None:
         """Bind ``--admin-listen``; it answers until the very end of ``stop``."""
         config = self.config
-        self._admin = admin = Admin(state, started)
+        self._admin = admin = Admin(state, started, self._api)
         try:
             self._admin_server = await state.loop.create_server(
                 lambda: AdminProtocol(admin),

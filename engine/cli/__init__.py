@@ -6,11 +6,13 @@ engine --listen :3000 --ipc /tmp/linkd.sock --echo /echo
 engine --config linkd.toml
 engine --processes auto --redis redis://127.0.0.1:6379/0 --service examples.chat.service
 engine config check linkd.toml | engine config example | engine token --sub ID
+engine publish ROOM EVENT JSON | engine disconnect USER | engine info | engine api METHOD JSON
 
 The package by job: ``flags`` declares every flag, ``parser`` layers file and
 environment under them, ``values`` converts values, ``configfile`` loads and checks the
 file, ``example`` writes one, ``build`` turns all of it into a ``Config``,
-``config_command`` and ``token`` are the subcommands, ``processes`` runs several
+``config_command`` and ``token`` are the subcommands (``api_client`` the server API's:
+publish, disconnect, info, api), ``processes`` runs several
 engines on one port (``--processes``).
 """
 
@@ -21,6 +23,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from engine.cli.api_client import API_COMMANDS, api_main
 from engine.cli.build import Settings, config_from_args, load_settings
 from engine.cli.config_command import config_main
 from engine.cli.flags import build_parser
@@ -47,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return token_main(argv[1:])
     if argv[:1] == ["config"]:
         return config_main(argv[1:])
+    if argv and argv[0] in API_COMMANDS:
+        return api_main(argv[0], argv[1:])
     # A child of `engine --processes N` (engine/cli/processes.py).
     index, argv = split_child_argv(argv)
     settings = load_settings(argv)

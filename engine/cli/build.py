@@ -176,4 +176,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         admin_host=admin_host,
         admin_port=admin_port,
         public_metrics=args.public_metrics,
+        api_keys=tuple(args.api_key or ()),
+        api_rate=args.api_rate,
+        api_burst=args.api_burst,
+        api_max_body=args.api_max_body,
+        api_on_client_port=args.api_on_client_port,
     )

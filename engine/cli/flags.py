@@ -30,7 +30,8 @@ def build_parser(
         prog="engine",
         description="Linkd engine: HTTP and WebSocket gateway in front of service workers.",
         epilog="Subcommands: engine config check FILE | engine config example | "
-        "engine token --sub ID (each with --help).",
+        "engine token --sub ID | engine publish ROOM EVENT JSON | engine disconnect USER | "
+        "engine info | engine api METHOD JSON (each with --help).",
         file_values=file_values,
         environ=environ,
     )
@@ -452,6 +453,34 @@ def build_parser(
         metavar="HOST:PORT",
         help="serve /metrics, /health and /ready (plain HTTP) on this private address, "
         "e.g. 127.0.0.1:9090; with --processes N, process I on PORT+I (default: off)",
+    )
+    p.add(
+        "--api-key",
+        action="append",
+        metavar="KEY",
+        help="a key of the server API (POST /api/... on --admin-listen, docs/server-api.md), "
+        "sent as 'Authorization: apikey KEY' (repeatable; env: comma-separated). "
+        "Default: none, the API is off",
+    )
+    p.add(
+        "--api-rate",
+        type=float,
+        default=d.api_rate,
+        help="server API calls per second per key, and per address with a wrong key "
+        "(429 beyond; 0: no limit)",
+    )
+    p.add("--api-burst", type=float, default=d.api_burst, help="calls at once above --api-rate")
+    p.add(
+        "--api-max-body",
+        type=int,
+        default=d.api_max_body,
+        help="bytes of a server API request body at most (413 beyond)",
+    )
+    p.add(
+        "--api-on-client-port",
+        action="store_true",
+        default=False,
+        help="also serve the server API under /api/ on --listen, the client port",
     )
     p.add(
         "--public-metrics",

@@ -92,6 +92,8 @@ class Metrics(Collector):
         #: Live workers by service (set by the engine: read at scrape time).
         self.workers_source: Callable[[], dict[str, int]] | None = None
         self.http_requests: dict[int, int] = {}
+        #: Server API calls (engine/http/server_api.py), by method and status.
+        self.api_requests: dict[tuple[str, int], int] = {}
         self.ws_messages_in = 0
         self.ws_messages_out = 0
         self.ws_bytes_in = 0
@@ -135,6 +137,10 @@ class Metrics(Collector):
     def count_request(self, status: int) -> None:
         self.http_requests[status] = self.http_requests.get(status, 0) + 1
 
+    def count_api(self, method: str, status: int) -> None:
+        key = (method, status)
+        self.api_requests[key] = self.api_requests.get(key, 0) + 1
+
     def count_close(self, code: int) -> None:
         self.ws_closes[code] = self.ws_closes.get(code, 0) + 1
 
@@ -166,6 +172,14 @@ class Metrics(Collector):
         for status, n in sorted(self.http_requests.items()):
             reqs.add_metric([str(status)], n)
         yield reqs
+        api = CounterMetricFamily(
+            "linkd_api_requests",
+            "Server API calls answered, by method and status",
+            labels=["method", "status"],
+        )
+        for (method, status), n in sorted(self.api_requests.items()):
+            api.add_metric([method, str(status)], n)
+        yield api
         yield CounterMetricFamily(
             "linkd_ws_messages_received", "WebSocket messages received", value=self.ws_messages_in
         )

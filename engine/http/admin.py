@@ -13,6 +13,8 @@ over the same sans-I/O core (``HttpConn``), with three routes and no handler cod
   ``--service`` with at least one live worker, the broker connected when ``--redis``
   is set; else 503 with the checks that failed.
 - ``GET /metrics``: the Prometheus text of the engine's registry.
+- ``POST /api/<method>``: the server API (engine/http/server_api.py), answered in
+  order like the rest; the connection waits while a call awaits the broker.
 
 Admin requests are not counted in ``linkd_http_requests_total`` (a scrape every 15 s
 would show up as client traffic) and are never access-logged.
@@ -21,16 +23,18 @@ would show up as client traffic) and are never access-logged.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
-from collections.abc import Callable
-from typing import cast
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
 
 import orjson
 
 from engine.http.base import JSON
+from engine.http.server_api import PREFIX, Answer, ServerApi, error_answer
 from engine.node import Node
-from protocol import MessageTooBig, RemoteProtocolError
+from protocol import ErrorCode, MessageTooBig, RemoteProtocolError
 from protocol.http import NEED_DATA, HttpConn, HttpRequest, HttpState, PeerEOF
 
 __all__ = ["Admin", "AdminProtocol"]
@@ -43,8 +47,6 @@ MAX_CONNECTIONS = 64
 
 _METRICS_TYPE = [("content-type", "text/plain; version=0.0.4")]
 
-Answer = tuple[int, list[tuple[str, str]], bytes]
-
 
 class Admin:
     """The admin routes of one engine, and its open admin connections.
@@ -52,19 +54,26 @@ class Admin:
     Args:
         state: the engine's node.
         started: loop time the engine started (for the uptime).
+        api: the engine's server API (one per engine: one rate table); None: its own.
     """
 
-    def __init__(self, state: Node, started: float) -> None:
+    def __init__(self, state: Node, started: float, api: ServerApi | None = None) -> None:
         self.state = state
         self.started = started
         self.connections: set[AdminProtocol] = set()
+        self.api = api if api is not None else ServerApi(state, started)
+        # The server API's bound on bodies is the admin port's: its other routes take none.
+        self.limits = dataclasses.replace(state.limits, max_body_bytes=state.config.api_max_body)
         self.routes: dict[str, Callable[[], Answer]] = {
             "/health": self.health,
             "/ready": self.ready,
             "/metrics": self.metrics,
         }
 
-    def answer(self, request: HttpRequest) -> Answer:
+    def answer(self, request: HttpRequest, peer: str = "") -> Answer | Coroutine[Any, Any, Answer]:
+        """A route's answer, or the coroutine of a server API call's."""
+        if request.path.startswith(PREFIX):
+            return self.api.answer(request, peer)
         route = self.routes.get(request.path)
         if route is None:
             return _json(404, {"error": {"code": "NOT_FOUND", "message": "no such admin route"}})
@@ -144,12 +153,15 @@ class AdminProtocol(asyncio.Protocol):
     one socket and one buffer, no more.
     """
 
-    __slots__ = ("_admin", "_conn", "_transport", "deadline")
+    __slots__ = ("_admin", "_busy", "_conn", "_peer", "_transport", "deadline")
 
     def __init__(self, admin: Admin) -> None:
         self._admin = admin
-        self._conn = HttpConn(admin.state.limits)
+        self._conn = HttpConn(admin.limits)
         self._transport: asyncio.Transport | None = None
+        self._peer = ""
+        #: A server API call is being answered: nothing else is read meanwhile.
+        self._busy = False
         self.deadline = math.inf
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -160,6 +172,8 @@ class AdminProtocol(asyncio.Protocol):
             transport.abort()
             return
         self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         admin.connections.add(self)
         self._arm()
 
@@ -186,18 +200,28 @@ class AdminProtocol(asyncio.Protocol):
             self._transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
+        if self._transport is not None and not self._transport.is_closing() and not self._busy:
             self._transport.resume_reading()
             self._process()
 
     def _process(self) -> None:
         conn = self._conn
-        while (transport := self._transport) is not None and transport.get_write_buffer_size() < (
-            self._admin.state.limits.write_high_water
+        while (
+            (transport := self._transport) is not None
+            and not self._busy
+            and transport.get_write_buffer_size() < self._admin.state.limits.write_high_water
         ):
             try:
                 event = conn.next_event()
-            except (MessageTooBig, RemoteProtocolError):
+            except MessageTooBig:
+                status, headers, body = error_answer(
+                    ErrorCode.PAYLOAD_TOO_LARGE, "request body too large"
+                )
+                self._admin.state.metrics.count_api("oversize", status)
+                transport.write(conn.reject(status, headers, body))
+                self._close()
+                return
+            except RemoteProtocolError:
                 self._close()
                 return
             if isinstance(event, PeerEOF):
@@ -207,12 +231,42 @@ class AdminProtocol(asyncio.Protocol):
                 if event is NEED_DATA and conn.state is HttpState.READING_BODY:
                     transport.write(conn.continue_bytes())
                 return
-            status, headers, body = self._admin.answer(event)
-            transport.write(conn.respond(status, headers, body))
-            if conn.state is HttpState.CLOSING:
-                self._close()
+            answer = self._admin.answer(event, self._peer)
+            if not isinstance(answer, tuple):
+                # Awaits the broker: answered by the task, reading waits for it.
+                self._busy = True
+                transport.pause_reading()
+                self.deadline = math.inf
+                self._admin.state.sweeper.cancel(self)
+                self._admin.state.spawn(self._answer_later(answer))
                 return
-            self._arm()
+            if not self._respond(answer):
+                return
+
+    async def _answer_later(self, answer: Coroutine[Any, Any, Answer]) -> None:
+        try:
+            result = await answer
+        finally:
+            self._busy = False
+        transport = self._transport
+        if transport is not None and self._respond(result):
+            if transport.get_write_buffer_size() < self._admin.state.limits.write_high_water:
+                transport.resume_reading()  # else resume_writing does
+            self._process()  # what was pipelined behind it
+
+    def _respond(self, answer: Answer) -> bool:
+        """Write the answer; False once the connection is closing."""
+        transport = self._transport
+        if transport is None:
+            return False
+        status, headers, body = answer
+        conn = self._conn
+        transport.write(conn.respond(status, headers, body))
+        if conn.state is HttpState.CLOSING:
+            self._close()
+            return False
+        self._arm()
+        return True
 
     def _arm(self) -> None:
         state = self._admin.state
