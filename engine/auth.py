@@ -12,6 +12,10 @@ Whatever goes wrong while verifying (a malformed token, a library error) is an
 ``AuthError`` with a message safe to show the client, logged as one line without the
 token: ``verify`` raises nothing else. ``AuthError`` is an ``UnauthorizedError`` of the
 shared family (protocol/errors.py): ``authenticate`` raises it, and HTTP maps it to 401.
+
+Over 400 lines: key sources (secret, PEM, JWKS by kid), their reload and the
+verification rules that must be read together to see that no key confusion is
+possible.
 """
 
 from __future__ import annotations

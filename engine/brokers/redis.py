@@ -18,6 +18,10 @@ reconnects with backoff and subscribes again.
 A recovery always ends in a verdict: one Redis cannot answer (unreachable, an error,
 the connection lost under it, slower than ``--recovery-timeout``) is answered
 ``recovered: false`` and the connection gets live events again (docs/recovery.md).
+
+Over 400 lines on purpose: one connection's state machine (queue, fence, echoes,
+reconnect, local fallback) — the ordering guarantees live in how these parts
+interleave, so they are read in one file.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ worker's ``emit``, in one order with them. ``disconnect``, ``subscribe`` and
 Bounds: a body over ``api_max_body`` is 413 (the connection is closed); calls per
 second per key, and per address while its key is wrong, over ``api_rate`` are 429.
 Keys are compared in constant time against every configured key and never logged.
+
+Over 400 lines: ten methods, each a few lines of validation and one call, and
+the auth and bounds they share; a table of methods in one place.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ room); a publish (one ``Publish`` value, engine/brokers/publish.py) goes through
 broker (engine/brokers/), which numbers it and brings it back to ``deliver`` on every
 node that has a connection concerned; ``fan`` queues it to them (docs/architecture.md,
 "Path of a publish").
+
+Over 400 lines on purpose: membership, delivery and the recovery hold-back
+share one set of indexes (rooms, users, held streams) that must change together; cut
+apart, each half would reach into the other's dicts.
 """
 
 from __future__ import annotations

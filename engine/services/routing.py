@@ -8,6 +8,10 @@ whose id was seen lately from the same user (or connection) is answered from the
 node's ``ReplayCache`` (engine/services/replay.py) instead of running again. A binary
 frame (``WsRoute.binary``) has no envelope: it goes as it is, typed ``linkd.binary``,
 to the service's binary handler, without an ack (an error comes back as an event).
+
+Over 400 lines: the client contract of both route kinds (HTTP actions and WebSocket
+types) with their shared envelope, error and replay rules; one table to read against
+docs/clients.md.
 """
 
 from __future__ import annotations
