@@ -11,6 +11,7 @@ from fnmatch import fnmatchcase
 from types import TracebackType
 from typing import Any, TypedDict, TypeVar, overload
 
+from protocol.http.origin import parse_origins
 from protocol.ipc import messages as m
 
 from .context import EventContext, HttpContext
@@ -67,12 +68,20 @@ class WebSocketOptions:
         binary: accept binary frames, handed to ``service.ws.on_binary`` (which implies
             it); without either the engine closes a client that sends one with 1003.
         per_connection: messages of one connection handled at once (1: in order).
+        origins: origins a browser page may connect from to this path
+            (``https://app.example.com``, ``https://*.example.com``); others get 403
+            before the upgrade. None: the engine's ``--allowed-origins`` applies.
     """
 
     path: str
     auth: AuthOption = "optional"
     binary: bool = False
     per_connection: int = 1
+    origins: tuple[str, ...] | list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.origins is not None:
+            parse_origins(self.origins)  # a bad pattern fails here, not at the engine
 
 
 class ActionOptions(TypedDict, total=False):
@@ -539,6 +548,7 @@ class Service:
                 concurrent=sorted(router.concurrent),
                 presence=router.presence_handler is not None,
                 not_idempotent=sorted(router.not_idempotent),
+                origins=None if opts.origins is None else list(opts.origins),
             )
         elif router.has_handlers:
             raise ValueError(

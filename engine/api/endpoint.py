@@ -92,6 +92,10 @@ class WebSocketEndpoint:
     #: engine takes ``linkd.refresh`` messages itself (a new token of the same user,
     #: docs/clients.md): ``on_message`` never sees them, and ``ws.auth`` changes.
     auth_policy: str = "none"
+    #: Origins a browser page may connect from to this endpoint (exact origins and
+    #: ``https://*.example.com``); others get 403 before the upgrade. None: the
+    #: engine's ``--allowed-origins`` applies (docs/security.md, "Origins").
+    allowed_origins: tuple[str, ...] | None = None
 
     def reject_upgrade(self, request: Request) -> Response | None:
         """Refuse the upgrade with this response (401, 429...), or None to accept."""

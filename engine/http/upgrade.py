@@ -47,7 +47,12 @@ class Upgrade(Admission):
             # never a 101 then a close.
             self._respond(request, Response.error(ErrorCode.NOT_FOUND, "no WebSocket endpoint"))
             return
-        policy = origin_policy(state.config)
+        # The endpoint's own list (a service's WebSocketOptions(origins=...)) wins.
+        own = endpoint.allowed_origins
+        if own is not None:
+            policy: OriginPolicy | None = _policy(own, state.config.require_origin)
+        else:
+            policy = origin_policy(state.config)
         if policy is not None and not policy.allows(request.header("origin")):
             self._refuse_origin(request)
             return

@@ -151,6 +151,8 @@ class ServiceWsEndpoint(WebSocketEndpoint):
         # client may have other work in flight that should not stall behind it.
         self.throttle = False
         self.auth_policy = route.auth
+        if route.origins is not None:
+            self.allowed_origins = tuple(route.origins)
         self._concurrent: dict[int, int] = {}
         #: Per-connection limits of some message types: type → (rate, burst).
         self.type_limits = {t: (rate, burst) for t, rate, burst in state.config.ws_type_limits}

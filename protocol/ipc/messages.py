@@ -90,6 +90,9 @@ class WsRoute:
     #: Types whose handlers opted out of idempotent requests (v2): a message repeating
     #: a recent id runs the handler again instead of getting the remembered ack.
     not_idempotent: list[str] = field(default_factory=list)
+    #: Origins a browser page may connect from, for this path only (v2); None: the
+    #: engine's ``--allowed-origins`` applies.
+    origins: list[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

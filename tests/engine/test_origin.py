@@ -163,3 +163,29 @@ def test_warning_is_logged_once_at_start(caplog: pytest.LogCaptureFixture) -> No
     assert [r.getMessage() for r in caplog.records].count(
         next(w for w in load_settings([], {}).warnings if "ANY origin" in w)
     ) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_service_path_has_its_own_origins() -> None:
+    """``WebSocketOptions(origins=...)`` in a real worker's registration: that path
+    follows its own list; the other paths keep ``--allowed-origins``."""
+    from tests.integration.support import DEMO, demo_engine
+
+    services = (DEMO, "tests.helpers.services.origins")
+    with demo_engine("--allowed-origins", "https://app.example.org", services=services) as eng:
+
+        async def status(path: str, origin: str) -> int:
+            async with RawWs(eng.port, path, headers=[("Origin", origin)]) as ws:
+                return ws.status
+
+        assert await status("/ws/origins", "https://chat.example.com") == 101
+        assert await status("/ws/origins", "https://app.example.org") == 403  # not its list
+        assert await status("/ws/demo", "https://app.example.org") == 101
+        assert await status("/ws/demo", "https://chat.example.com") == 403
+
+
+def test_a_bad_origin_pattern_fails_in_the_service() -> None:
+    from sdk import WebSocketOptions
+
+    with pytest.raises(ValueError):
+        WebSocketOptions(path="/ws/x", origins=("not an origin",))
