@@ -54,18 +54,13 @@ class Admission(HttpBase):
         state = self._state
         state.metrics.count_refused("global")
         state.metrics.count_request(503)
-        limiter = state.limiter
-        if limiter.log_budget.take(state.loop.time()):
-            limiter.not_logged += 1
-        else:
-            log.warning(
-                "refused a connection from %s: over --max-connections %d "
-                "(%d earlier refusals not logged)",
-                self.remote[0] if self.remote else "-",
-                state.config.max_connections,
-                limiter.not_logged,
-            )
-            limiter.not_logged = 0
+        state.limiter.log.warning(
+            log,
+            state.loop.time(),
+            "refused a connection from %s: over --max-connections %d",
+            self.remote[0] if self.remote else "-",
+            state.config.max_connections,
+        )
         code, message = _REFUSALS["global"]
         headers = [*JSON, *_retry_after(CAP_RETRY_AFTER)]
         transport.write(
@@ -98,18 +93,15 @@ class Admission(HttpBase):
         headers = [*JSON, *_retry_after(refusal.retry_after)]
         headers.append(("connection", "close"))  # a refused client does not keep a socket
         self._state.metrics.count_refused(refusal.reason)
-        if limiter.log_budget.take(self._state.loop.time()):
-            limiter.not_logged += 1
-        else:
-            log.warning(
-                "refused %s on %s from %s: %s (%d earlier refusals not logged)",
-                "WebSocket" if request.upgrade is not None else "HTTP request",
-                request.path,
-                self.remote[0] if self.remote else "-",
-                message,
-                limiter.not_logged,
-            )
-            limiter.not_logged = 0
+        limiter.log.warning(
+            log,
+            self._state.loop.time(),
+            "refused %s on %s from %s: %s",
+            "WebSocket" if request.upgrade is not None else "HTTP request",
+            request.path,
+            self.remote[0] if self.remote else "-",
+            message,
+        )
         body = _refusal_body(code, message, refusal.retry_after)
         self._respond(request, Response(code.status, headers, body))
 
@@ -118,19 +110,14 @@ class Admission(HttpBase):
         hijacking) gets 403 before the upgrade, and the token is never looked at."""
         state = self._state
         state.metrics.count_refused("origin")
-        limiter = state.limiter
-        if limiter.log_budget.take(state.loop.time()):
-            limiter.not_logged += 1
-        else:
-            log.warning(
-                "refused WebSocket on %s from %s: Origin %r is not allowed "
-                "(--allowed-origins; %d earlier refusals not logged)",
-                request.path,
-                self.remote[0] if self.remote else "-",
-                (request.header("origin") or "(none)")[:200],
-                limiter.not_logged,
-            )
-            limiter.not_logged = 0
+        state.limiter.log.warning(
+            log,
+            state.loop.time(),
+            "refused WebSocket on %s from %s: Origin %r is not allowed (--allowed-origins)",
+            request.path,
+            self.remote[0] if self.remote else "-",
+            (request.header("origin") or "(none)")[:200],
+        )
         message = "this origin may not open a WebSocket here"
         self._respond(request, Response.error(ErrorCode.FORBIDDEN, message))
 
@@ -139,20 +126,17 @@ class Admission(HttpBase):
         (the client may simply wait; a flood meets the write-side backpressure)."""
         rates = self._state.http_rates
         assert rates is not None
-        if rates.log_budget.take(self._state.loop.time()):
-            rates.not_logged += 1
-        else:
-            log.warning(
-                "refused %s %s from %s: over the HTTP request rate of %g/s, burst %g "
-                "(--http-rate, --http-burst; %d earlier refusals not logged)",
-                request.method,
-                request.path,
-                self.remote[0] if self.remote else "-",
-                rates.rate,
-                rates.burst,
-                rates.not_logged,
-            )
-            rates.not_logged = 0
+        rates.log.warning(
+            log,
+            self._state.loop.time(),
+            "refused %s %s from %s: over the HTTP request rate of %g/s, burst %g "
+            "(--http-rate, --http-burst)",
+            request.method,
+            request.path,
+            self.remote[0] if self.remote else "-",
+            rates.rate,
+            rates.burst,
+        )
         code, message = _REFUSALS["http_rate"]
         headers = [*JSON, *_retry_after(wait)]
         self._respond(request, Response(code.status, headers, _refusal_body(code, message, wait)))

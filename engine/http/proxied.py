@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from engine.config import Config
 from engine.http.base import HttpBase
-from engine.limits.ratelimit import TokenBucket, address_key
+from engine.limits.ratelimit import LogBudget, address_key
 from protocol.http import NEED_DATA, HttpRequest
 from protocol.http.forwarded import TrustedProxies, parse_networks
 from protocol.http.proxy import ProxyHeaderError, parse_proxy_header
@@ -41,17 +41,10 @@ __all__ = ["Proxied", "trusted_proxies"]
 log = logging.getLogger("linkd.http")
 
 
-class _LogBudget:
-    """At most one line a second about connections without a PROXY header: a port
-    scanned from the internet must not become a log flood."""
-
-    def __init__(self) -> None:
-        self.bucket = TokenBucket(1.0, 1.0, 0.0)
-        self.not_logged = 0
-
-
-#: One budget per engine (an ``Engine`` is one ``Node``), gone with it.
-_REFUSED: weakref.WeakKeyDictionary[Node, _LogBudget] = weakref.WeakKeyDictionary()
+#: At most one line a second about connections without a PROXY header (a port scanned
+#: from the internet must not become a log flood); one budget per engine (an
+#: ``Engine`` is one ``Node``), gone with it.
+_REFUSED: weakref.WeakKeyDictionary[Node, LogBudget] = weakref.WeakKeyDictionary()
 
 
 @lru_cache(maxsize=8)
@@ -99,18 +92,15 @@ class Proxied(HttpBase):
         state.metrics.count_refused("proxy_header")
         budget = _REFUSED.get(state)
         if budget is None:
-            budget = _REFUSED[state] = _LogBudget()
-        if budget.bucket.take(state.loop.time()):
-            budget.not_logged += 1
-        else:
-            log.warning(
-                "closed a connection from %s: %s (--proxy-protocol is on: only the "
-                "balancer may connect; %d more not logged)",
-                self._peer[0] if self._peer else "-",
-                reason,
-                budget.not_logged,
-            )
-            budget.not_logged = 0
+            budget = _REFUSED[state] = LogBudget(1.0, 1.0)
+        budget.warning(
+            log,
+            state.loop.time(),
+            "closed a connection from %s: %s (--proxy-protocol is on: only the balancer "
+            "may connect)",
+            self._peer[0] if self._peer else "-",
+            reason,
+        )
         self._proxy_buffer = None
         transport.abort()
 

@@ -16,6 +16,7 @@ and an idle bucket costs nothing but its memory.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 __all__ = [
     "AddressRates",
     "ConnectionLimiter",
+    "LogBudget",
     "Refusal",
     "TokenBucket",
     "address_key",
@@ -125,6 +127,27 @@ def address_key(host: str) -> str:
     return str(ipaddress.IPv6Network((int(addr) >> 64 << 64, 64)))
 
 
+class LogBudget:
+    """Warnings about refusals, at most ``rate`` a second (bursts of ``burst``): a
+    flood must not become a log flood. The lines held back are counted, and the next
+    line that goes out says how many."""
+
+    __slots__ = ("_bucket", "not_logged")
+
+    def __init__(self, rate: float = 1.0, burst: float = 5.0) -> None:
+        self._bucket = TokenBucket(rate, burst, 0.0)
+        self.not_logged = 0
+
+    def warning(self, logger: logging.Logger, now: float, msg: str, *args: object) -> None:
+        """``logger.warning(msg, *args)`` with the count of held-back lines appended,
+        or only counted when over the budget."""
+        if self._bucket.take(now):
+            self.not_logged += 1
+            return
+        logger.warning(msg + " (%d earlier not logged)", *args, self.not_logged)
+        self.not_logged = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """Why an upgrade is refused: ``reason`` is the metric label."""
@@ -179,9 +202,8 @@ class ConnectionLimiter:
         "_entries",
         "_per_ip",
         "_rate",
-        "log_budget",
+        "log",
         "max_connections",
-        "not_logged",
         "table_size",
     )
 
@@ -201,8 +223,7 @@ class ConnectionLimiter:
         self.table_size = table_size
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         #: Refusals are logged at most once a second (bursts of 5); the rest are counted.
-        self.log_budget = TokenBucket(1.0, 5.0, 0.0)
-        self.not_logged = 0
+        self.log = LogBudget()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -311,7 +332,7 @@ class AddressRates:
         table_size: addresses remembered at most.
     """
 
-    __slots__ = ("_buckets", "burst", "log_budget", "not_logged", "rate", "table_size")
+    __slots__ = ("_buckets", "burst", "log", "rate", "table_size")
 
     def __init__(self, rate: float, burst: float, table_size: int = 65536) -> None:
         self.rate = rate
@@ -319,8 +340,7 @@ class AddressRates:
         self.table_size = table_size
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
         #: Refusals are logged at most once a second (bursts of 5); the rest are counted.
-        self.log_budget = TokenBucket(1.0, 5.0, 0.0)
-        self.not_logged = 0
+        self.log = LogBudget()
 
     def __len__(self) -> int:
         return len(self._buckets)
