@@ -45,17 +45,12 @@ from typing import Any
 import orjson
 import psutil
 
+from .ipc import free_port
 from .wsload import Masker, client_handshake, parse_frames
 
 REPO = Path(__file__).resolve().parent.parent
 ROOM = "bench-processes"
 PAYLOAD = {"pad": "x" * 64}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager
