@@ -206,6 +206,9 @@ class Config:
     #: (``Engine.admin_port`` says which).
     admin_host: str | None = None
     admin_port: int = 0
+    #: The admin page (``--admin-password``, docs/admin.md): ``/admin`` on the admin
+    #: listener, after a login with this password. None: no page (404). Never printed.
+    admin_password: str | None = field(default=None, repr=False)
     #: Also answer ``GET /metrics`` on the client port. Off: anyone who can reach the
     #: client port would read the node's traffic and its services' names.
     public_metrics: bool = False
@@ -273,6 +276,8 @@ class Config:
         if self.drain_batch < 1 or self.drain_interval < 0:
             raise ValueError("drain_batch must be at least 1 and drain_interval not negative")
         check_rate("api_rate/api_burst", self.api_rate, self.api_burst)
+        if self.admin_password is not None and self.admin_host is None:
+            raise ValueError("--admin-password needs --admin-listen (the page is served there)")
         if self.api_max_body < 1 or any(not key for key in self.api_keys):
             raise ValueError("api_max_body must be positive and every api key non-empty")
         if self.presence_lease <= 0:

@@ -17,7 +17,7 @@ from protocol.ipc import messages as m
 from .context import EventContext, HttpContext
 from .middleware import Next, check_async, check_group_callback, run_chain, split_options
 from .response import Response
-from .ws import AuthOption, WsRouter, auth_mode
+from .ws import AuthOption, WsRouter, auth_mode, doc_entry, docs_json
 
 __all__ = [
     "Action",
@@ -94,6 +94,17 @@ class ActionOptions(TypedDict, total=False):
     method: str
     #: ``True`` (the engine answers 401 without a valid token), ``"optional"``, ``False``.
     auth: AuthOption
+    #: Documentation for the engine's OpenAPI document (docs/sdk.md, "API documents"):
+    #: one line, longer text, the JSON schemas of the request and response bodies.
+    summary: str
+    description: str
+    request: dict[str, Any]
+    response: dict[str, Any]
+
+
+#: The documentation keys of ``ActionOptions``: they change no behaviour.
+_DOC_OPTIONS = ("summary", "description", "request", "response")
+_ACTION_OPTIONS = ("route", "method", "auth", *_DOC_OPTIONS)
 
 
 class GroupOptions(TypedDict, total=False):
@@ -116,6 +127,8 @@ class Action:
     groups: tuple[HttpGroup, ...] = ()
     #: Health routes: no middleware, so a guard cannot make a probe fail.
     builtin: bool = False
+    #: ``summary``, ``description``, ``request``, ``response`` given at registration.
+    docs: dict[str, Any] | None = None
 
 
 def _route_prefix(prefix: str) -> str:
@@ -157,6 +170,10 @@ class HttpGroup:
         route: str | None = None,
         method: str | None = None,
         auth: AuthOption | None = None,
+        summary: str | None = None,
+        description: str | None = None,
+        request: dict[str, Any] | None = None,
+        response: dict[str, Any] | None = None,
     ) -> Callable[[F], F]: ...
     @overload
     def action(self, name: str, opts: ActionOptions, fn: F, /) -> F: ...
@@ -172,11 +189,16 @@ class HttpGroup:
         route: str | None = None,
         method: str | None = None,
         auth: AuthOption | None = None,
+        summary: str | None = None,
+        description: str | None = None,
+        request: dict[str, Any] | None = None,
+        response: dict[str, Any] | None = None,
     ) -> Any:
         """Register an action under the group's prefix (same forms as ``Service.action``)."""
-        return self.service._register_action(
-            name, opts, fn, {"route": route, "method": method, "auth": auth}, self
-        )
+        keywords: dict[str, Any] = {"route": route, "method": method, "auth": auth}
+        keywords.update(summary=summary, description=description)
+        keywords.update(request=request, response=response)
+        return self.service._register_action(name, opts, fn, keywords, self)
 
     def use(self, middleware: HttpMiddleware) -> None:
         """Middleware for this group's actions only (nested groups included)."""
@@ -277,6 +299,10 @@ class Service:
         route: str | None = None,
         method: str | None = None,
         auth: AuthOption | None = None,
+        summary: str | None = None,
+        description: str | None = None,
+        request: dict[str, Any] | None = None,
+        response: dict[str, Any] | None = None,
     ) -> Callable[[F], F]: ...
     @overload
     def action(self, name: str, opts: ActionOptions, fn: F, /) -> F: ...
@@ -292,6 +318,10 @@ class Service:
         route: str | None = None,
         method: str | None = None,
         auth: AuthOption | None = None,
+        summary: str | None = None,
+        description: str | None = None,
+        request: dict[str, Any] | None = None,
+        response: dict[str, Any] | None = None,
     ) -> Any:
         """Register an HTTP action.
 
@@ -305,12 +335,16 @@ class Service:
             opts / keywords: ``route`` (``:name`` segments become ``ctx.params``;
                 default ``/<service>/<name>``), ``method`` (default ``GET``),
                 ``auth`` (``True``: the engine answers 401 without a valid token;
-                ``"optional"``; ``False``, the default).
+                ``"optional"``; ``False``, the default); documentation for the
+                engine's OpenAPI document, which changes no behaviour: ``summary``,
+                ``description``, ``request`` and ``response`` (JSON schemas of the
+                bodies; docs/sdk.md, "API documents").
             fn: ``async def (ctx: HttpContext)``; without it, a decorator is returned.
         """
-        return self._register_action(
-            name, opts, fn, {"route": route, "method": method, "auth": auth}, None
-        )
+        keywords: dict[str, Any] = {"route": route, "method": method, "auth": auth}
+        keywords.update(summary=summary, description=description)
+        keywords.update(request=request, response=response)
+        return self._register_action(name, opts, fn, keywords, None)
 
     def _register_action(
         self,
@@ -320,9 +354,8 @@ class Service:
         keywords: dict[str, Any],
         group: HttpGroup | None,
     ) -> Any:
-        options, fn = split_options(
-            f"action({name!r})", opts, fn, keywords, ("route", "method", "auth")
-        )
+        options, fn = split_options(f"action({name!r})", opts, fn, keywords, _ACTION_OPTIONS)
+        docs = doc_entry(f"action({name!r})", options, _DOC_OPTIONS) or None
         route = options.get("route")
         if group is None:
             path = route if route is not None else f"/{self.name}/{name}"
@@ -339,7 +372,7 @@ class Service:
 
         def register(handler: F) -> F:
             check_async(handler, f"action {name!r}")
-            self._add_action(Action(name, verb, path, mode, handler, groups))
+            self._add_action(Action(name, verb, path, mode, handler, groups, docs=docs))
             return handler
 
         return register if fn is None else register(fn)
@@ -517,7 +550,13 @@ class Service:
     def registration(self) -> m.Registration:
         """The ``hello.service`` of this service (docs/ipc.md §4.1)."""
         http = [
-            m.HttpRoute(action=a.name, method=a.method, path=a.path, auth=a.auth)
+            m.HttpRoute(
+                action=a.name,
+                method=a.method,
+                path=a.path,
+                auth=a.auth,
+                docs=docs_json(a.docs or {}),
+            )
             for a in self.actions.values()
         ]
         ws = None
@@ -549,6 +588,7 @@ class Service:
                 presence=router.presence_handler is not None,
                 not_idempotent=sorted(router.not_idempotent),
                 origins=None if opts.origins is None else list(opts.origins),
+                docs=router.docs(),
             )
         elif router.has_handlers:
             raise ValueError(

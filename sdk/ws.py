@@ -8,6 +8,8 @@ from fnmatch import fnmatchcase
 from types import TracebackType
 from typing import Any, Literal, TypedDict, TypeVar, overload
 
+import orjson
+
 from .context import PresenceContext, WsContext
 from .errors import UnauthorizedError, UnknownMessageTypeError
 from .middleware import Next, check_async, check_group_callback, run_chain, split_options
@@ -25,6 +27,8 @@ __all__ = [
     "WsHandlerOptions",
     "WsRouter",
     "auth_mode",
+    "doc_entry",
+    "docs_json",
 ]
 
 AuthOption = bool | Literal["required", "optional", "none"]
@@ -50,6 +54,12 @@ class WsHandlerOptions(TypedDict, total=False):
     #: ``False``: a message repeating a recent ``id`` runs the handler again instead of
     #: getting the remembered ack (default ``True``: docs/sdk.md, "Retried requests").
     idempotent: bool
+    #: Documentation for the engine's AsyncAPI document (docs/sdk.md, "API documents"):
+    #: one line, longer text, the JSON schema of ``data`` and of the ack's ``data``.
+    summary: str
+    description: str
+    schema: dict[str, Any]
+    result: dict[str, Any]
 
 
 class WsGroupOptions(TypedDict, total=False):
@@ -62,8 +72,11 @@ class WsGroupOptions(TypedDict, total=False):
 #: ``def cb(group)``: registers the group's handlers on the group it is given.
 WsGroupCallback = Callable[["WsGroup"], Any]
 
+#: The documentation keys of ``WsHandlerOptions``: they change no behaviour.
+_DOC_OPTIONS = ("summary", "description", "schema", "result")
 #: The keys of ``WsHandlerOptions``.
-_HANDLER_OPTIONS = ("auth", "concurrent", "idempotent")
+_HANDLER_OPTIONS = ("auth", "concurrent", "idempotent", *_DOC_OPTIONS)
+_TEXT_DOCS = frozenset({"summary", "description"})
 
 # Distinct message types seen is bounded by the registration except with a catch-all,
 # where clients choose them: keep the per-type middleware cache small.
@@ -79,6 +92,36 @@ def auth_mode(value: AuthOption) -> str:
     if value in ("required", "optional", "none"):
         return value
     raise ValueError(f"auth must be a bool, 'required', 'optional' or 'none', not {value!r}")
+
+
+def doc_entry(what: str, options: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """The documentation options among ``options``, checked now (not at the engine):
+    ``summary``/``description`` are text, the others JSON schemas (dicts) that encode."""
+    entry: dict[str, Any] = {}
+    for key in keys:
+        value = options.get(key)
+        if value is None:
+            continue
+        if key in _TEXT_DOCS:
+            if not isinstance(value, str):
+                raise TypeError(f"{what}: {key} must be a string")
+            entry[key] = value
+        elif isinstance(value, Mapping):
+            entry[key] = dict(value)
+        else:
+            raise TypeError(f"{what}: {key} must be a JSON schema (a dict)")
+    if entry:
+        try:
+            orjson.dumps(entry)
+        except orjson.JSONEncodeError as exc:
+            raise TypeError(f"{what}: documentation must encode to JSON: {exc}") from None
+    return entry
+
+
+def docs_json(docs: Mapping[str, Any]) -> bytes | None:
+    """A route's ``docs`` field: JSON text, or None (omitted: an older engine would
+    refuse a field it does not know)."""
+    return orjson.dumps(docs, option=orjson.OPT_SORT_KEYS) if docs else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +152,9 @@ class WsRouter:
         self._chains: dict[str, list[Middleware]] = {}
         # Groups with auth=True: their types need an identity even in the catch-all.
         self._auth_prefixes: list[str] = []
+        #: Documentation of handled types and of the events the service pushes.
+        self.type_docs: dict[str, dict[str, Any]] = {}
+        self.emitted: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------ registration
     @overload
@@ -121,6 +167,10 @@ class WsRouter:
         auth: AuthOption | None = None,
         concurrent: bool | None = None,
         idempotent: bool | None = None,
+        summary: str | None = None,
+        description: str | None = None,
+        schema: dict[str, Any] | None = None,
+        result: dict[str, Any] | None = None,
     ) -> Callable[[F], F]: ...
     @overload
     def on(self, type: str, opts: WsHandlerOptions, fn: F, /) -> F: ...
@@ -136,6 +186,10 @@ class WsRouter:
         auth: AuthOption | None = None,
         concurrent: bool | None = None,
         idempotent: bool | None = None,
+        summary: str | None = None,
+        description: str | None = None,
+        schema: dict[str, Any] | None = None,
+        result: dict[str, Any] | None = None,
     ) -> Any:
         """Handle messages whose ``type`` is exactly ``type``.
 
@@ -149,23 +203,38 @@ class WsRouter:
         ``idempotent=False``: a message that repeats a recent ``id`` of the same user
         (a client's retry) runs the handler again; by default the engine answers it
         with the first one's ack.
+
+        ``summary``, ``description``, ``schema`` (the JSON schema of ``data``) and
+        ``result`` (of the ack's ``data``) document the type in the engine's AsyncAPI
+        document (docs/sdk.md, "API documents"); they change no behaviour.
         """
         options, fn = split_options(
             f"ws.on({type!r})",
             opts,
             fn,
-            {"auth": auth, "concurrent": concurrent, "idempotent": idempotent},
+            {
+                "auth": auth,
+                "concurrent": concurrent,
+                "idempotent": idempotent,
+                "summary": summary,
+                "description": description,
+                "schema": schema,
+                "result": result,
+            },
             _HANDLER_OPTIONS,
         )
         required = auth_mode(options.get("auth", False)) == "required"
         parallel = bool(options.get("concurrent", False))
         once = bool(options.get("idempotent", True))
+        docs = doc_entry(f"ws.on({type!r})", options, _DOC_OPTIONS)
 
         def register(handler: F) -> F:
             check_async(handler, f"handler of {type!r}")
             if type in self.handlers:
                 raise ValueError(f"message type {type!r} already has a handler")
             self.handlers[type] = _Route(handler, required)
+            if docs:
+                self.type_docs[type] = docs
             if parallel:
                 self.concurrent.add(type)
             if not once:
@@ -173,6 +242,35 @@ class WsRouter:
             return handler
 
         return register if fn is None else register(fn)
+
+    def emits(
+        self,
+        event: str,
+        *,
+        schema: dict[str, Any] | None = None,
+        summary: str | None = None,
+        description: str | None = None,
+    ) -> None:
+        """Declare an event the service pushes to clients (``ctx.to(room).emit(event,
+        data)``), for the engine's AsyncAPI document: ``schema`` is the JSON schema of
+        its ``data``. Documentation only: emitting undeclared events stays allowed."""
+        if not isinstance(event, str) or not event or event.startswith("linkd."):
+            raise ValueError(f"bad event type {event!r}: linkd.* types are the engine's own")
+        if event in self.emitted:
+            raise ValueError(f"event {event!r} is already declared")
+        options = {"schema": schema, "summary": summary, "description": description}
+        self.emitted[event] = doc_entry(
+            f"ws.emits({event!r})", options, ("summary", "description", "schema")
+        )
+
+    def docs(self) -> bytes | None:
+        """``WsRoute.docs``: the documented types and the declared events, as JSON."""
+        out: dict[str, Any] = {}
+        if self.type_docs:
+            out["types"] = self.type_docs
+        if self.emitted:
+            out["emits"] = self.emitted
+        return docs_json(out)
 
     def on_message(self, fn: F) -> F:
         """Catch-all: handles every type routed here that has no handler of its own."""
@@ -353,6 +451,10 @@ class WsGroup:
         auth: AuthOption | None = None,
         concurrent: bool | None = None,
         idempotent: bool | None = None,
+        summary: str | None = None,
+        description: str | None = None,
+        schema: dict[str, Any] | None = None,
+        result: dict[str, Any] | None = None,
     ) -> Callable[[F], F]: ...
     @overload
     def on(self, name: str, opts: WsHandlerOptions, fn: F, /) -> F: ...
@@ -368,6 +470,10 @@ class WsGroup:
         auth: AuthOption | None = None,
         concurrent: bool | None = None,
         idempotent: bool | None = None,
+        summary: str | None = None,
+        description: str | None = None,
+        schema: dict[str, Any] | None = None,
+        result: dict[str, Any] | None = None,
     ) -> Any:
         """Handle type ``prefix + name`` (same forms as ``WsRouter.on``); ``auth``
         defaults to the group's."""
@@ -375,7 +481,15 @@ class WsGroup:
             f"ws.on({self.prefix + name!r})",
             opts,
             fn,
-            {"auth": auth, "concurrent": concurrent, "idempotent": idempotent},
+            {
+                "auth": auth,
+                "concurrent": concurrent,
+                "idempotent": idempotent,
+                "summary": summary,
+                "description": description,
+                "schema": schema,
+                "result": result,
+            },
             _HANDLER_OPTIONS,
         )
         register: Callable[[F], F] = self.router.on(
@@ -383,6 +497,7 @@ class WsGroup:
             auth=options.get("auth", self.auth_required),
             concurrent=options.get("concurrent"),
             idempotent=options.get("idempotent"),
+            **{key: options.get(key) for key in _DOC_OPTIONS},
         )
         return register if fn is None else register(fn)
 

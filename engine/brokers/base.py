@@ -7,7 +7,8 @@ memory and hands it straight back to the hub for delivery. ``RedisBroker``
 included, delivers it when it comes back on a Redis channel, so all nodes see one
 order per room. Both hand the hub a ``Publish`` (engine/brokers/publish.py) to
 ``deliver``; both answer recoveries (``send_recovery``, or ``recovery_failed`` when they
-cannot).
+cannot). Commands on connections (engine/brokers/commands.py) the hub ``apply``s here;
+the Redis broker also carries them to the other nodes.
 """
 
 from __future__ import annotations
@@ -15,15 +16,21 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
+from engine.brokers.commands import Command, Outcome
 from engine.brokers.events import EventStore
 from engine.brokers.history import HistoryPage, Recovery
 from engine.brokers.publish import Publish
 
-__all__ = ["FIELDS", "Broker", "Conn", "Sink"]
+__all__ = ["FIELDS", "Broker", "Conn", "Numbered", "Sink"]
 
 #: The field a numbered event names its stream with, by kind ("r" room, "u" user).
 FIELDS = {"r": b"room", "u": b"user"}
 
+
+#: Resolved with the ``(epoch, seq)`` a broker gave one publish, or None when it was not
+#: numbered (everyone, binary, Redis unreachable): for a caller that waits (the server
+#: API); a worker's emit passes none.
+Numbered = asyncio.Future[tuple[str, int] | None]
 
 #: A connection as brokers see it: the hub's member (engine/hub/member.py), opaque
 #: here. Brokers only hand it back to their sink, so they never import the hub.
@@ -45,6 +52,9 @@ class Sink(Protocol):
     def recovery_deadline(self, ws: Conn, kind: str, name: str) -> float | None:
         """Loop time by which ``ws``'s recovery must be answered; None: no longer waits."""
 
+    def apply(self, command: Command) -> int:
+        """Apply a command to this node's connections; how many it acted on."""
+
 
 class Broker(Protocol):
     #: False while the broker cannot reach its backend (``/health`` says degraded).
@@ -64,10 +74,14 @@ class Broker(Protocol):
 
     async def stop(self) -> None: ...
 
-    def publish(self, publish: Publish) -> None:
+    def publish(self, publish: Publish, numbered: Numbered | None = None) -> None:
         """Number (rooms, users) and deliver ``publish`` on every node concerned; its
         kind is a room (``"r"``), a user (``"u"``) or everyone (``"*"``), never one
-        connection (the hub delivers those itself)."""
+        connection (the hub delivers those itself). ``numbered`` is resolved with the
+        offset this publish got (exactly its own, whoever else publishes meanwhile)."""
+
+    async def command(self, command: Command) -> Outcome:
+        """Apply ``command`` to the connections it names, on every node concerned."""
 
     def watch(self, kind: str, name: str) -> None:
         """The first local connection joined this room / of this user: receive its events."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from engine.brokers.base import FIELDS, Conn, Sink
+from engine.brokers.base import FIELDS, Conn, Numbered, Sink
+from engine.brokers.commands import Command, Outcome
 from engine.brokers.events import LocalEvents
 from engine.brokers.history import HistoryPage, Recovery, StreamHistory
 from engine.brokers.publish import Publish
@@ -49,14 +50,25 @@ class LocalBroker:
     def attach(self, hub: Sink) -> None:
         self._hub = hub
 
-    def publish(self, publish: Publish) -> None:
+    def publish(self, publish: Publish, numbered: Numbered | None = None) -> None:
         assert self._hub is not None
         field = None if publish.binary else FIELDS.get(publish.kind)
         if field is not None:
             # No seq for the hub: recoveries here are synchronous, nothing is held back.
             stamped = self.history.append(publish.stream, publish.payload, field, publish.name)
             publish = publish.stamped(stamped)
+            if numbered is not None:  # numbered just now: the stream's position is its own
+                numbered.set_result(self.history.position(publish.stream))
+        elif numbered is not None:
+            numbered.set_result(None)
         self._hub.deliver(publish)
+
+    async def command(self, command: Command) -> Outcome:
+        """This node's connections: the only ones (a connection of another node: none)."""
+        assert self._hub is not None
+        if command.node is not None:
+            return Outcome(0)
+        return Outcome(self._hub.apply(command))
 
     def watch(self, kind: str, name: str) -> None:
         return None

@@ -175,6 +175,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         require_origin=args.require_origin,
         admin_host=admin_host,
         admin_port=admin_port,
+        admin_password=args.admin_password or None,
         public_metrics=args.public_metrics,
         api_keys=tuple(args.api_key or ()),
         api_rate=args.api_rate,

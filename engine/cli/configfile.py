@@ -33,7 +33,7 @@ __all__ = ["LoadedFile", "convert", "load_file"]
 
 #: Keys whose value is a credential: never echoed in a message; a file holding one
 #: should be readable by the engine's user only.
-SECRET_KEYS = frozenset({"jwt-secret", "api-key"})
+SECRET_KEYS = frozenset({"jwt-secret", "api-key", "admin-password"})
 #: Keys the file cannot set.
 NOT_IN_FILE = {"config": "a config file cannot name another one"}
 

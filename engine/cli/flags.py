@@ -455,6 +455,13 @@ def build_parser(
         "e.g. 127.0.0.1:9090; with --processes N, process I on PORT+I (default: off)",
     )
     p.add(
+        "--admin-password",
+        default=None,
+        metavar="PASSWORD",
+        help="turn on the admin page (/admin on --admin-listen, docs/admin.md) behind a "
+        "login with this password; a secret, never logged. Default: no page",
+    )
+    p.add(
         "--api-key",
         action="append",
         metavar="KEY",

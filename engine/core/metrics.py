@@ -84,6 +84,9 @@ class Metrics(Collector):
         self.fanout_latency = Histogram()
         #: Request → reply round trips to service workers, by service.
         self.ipc_latency: dict[str, Histogram] = {}
+        #: Requests to service workers that failed (timeout, unavailable, overloaded)
+        #: or that the worker answered with an error, by service.
+        self.ipc_errors: dict[str, int] = {}
         #: Events delivered to this node only because the broker (Redis) was unreachable.
         self.broker_fallbacks = 0
         #: Recovery verdicts by outcome, and the missed events they replayed.
@@ -125,6 +128,9 @@ class Metrics(Collector):
         if histogram is None:
             histogram = self.ipc_latency[service] = Histogram()
         histogram.observe(seconds)
+
+    def count_ipc_error(self, service: str) -> None:
+        self.ipc_errors[service] = self.ipc_errors.get(service, 0) + 1
 
     def count_broker_fallback(self) -> None:
         self.broker_fallbacks += 1
@@ -214,6 +220,14 @@ class Metrics(Collector):
             [((name,), h) for name, h in sorted(self.ipc_latency.items())],
             labels=["service"],
         )
+        ipc_errors = CounterMetricFamily(
+            "linkd_ipc_request_errors",
+            "Requests to service workers that failed or were answered with an error, by service",
+            labels=["service"],
+        )
+        for name, n in sorted(self.ipc_errors.items()):
+            ipc_errors.add_metric([name], n)
+        yield ipc_errors
         yield CounterMetricFamily(
             "linkd_broker_fallback_events",
             "Events delivered to this node only (unnumbered) because Redis was unreachable",

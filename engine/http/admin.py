@@ -15,6 +15,8 @@ over the same sans-I/O core (``HttpConn``), with three routes and no handler cod
 - ``GET /metrics``: the Prometheus text of the engine's registry.
 - ``POST /api/<method>``: the server API (engine/http/server_api.py), answered in
   order like the rest; the connection waits while a call awaits the broker.
+- ``/admin``: the admin page with ``--admin-password`` (engine/http/admin_web.py);
+  ``GET /admin/ws`` is handed over to its WebSocket.
 
 Admin requests are not counted in ``linkd_http_requests_total`` (a scrape every 15 s
 would show up as client traffic) and are never access-logged.
@@ -31,7 +33,9 @@ from typing import Any, cast
 
 import orjson
 
+from engine.http.admin_web import WS_PATH, AdminWeb
 from engine.http.base import JSON
+from engine.http.openapi import SERVER_API_PATH, ApiDocuments
 from engine.http.server_api import PREFIX, Answer, ServerApi, error_answer
 from engine.node import Node
 from protocol import ErrorCode, MessageTooBig, RemoteProtocolError
@@ -62,6 +66,9 @@ class Admin:
         self.started = started
         self.connections: set[AdminProtocol] = set()
         self.api = api if api is not None else ServerApi(state, started)
+        password = state.config.admin_password
+        #: The admin page (None: no ``--admin-password``, its paths are 404).
+        self.web = AdminWeb(state, started, self.api, password) if password else None
         # The server API's bound on bodies is the admin port's: its other routes take none.
         self.limits = dataclasses.replace(state.limits, max_body_bytes=state.config.api_max_body)
         self.routes: dict[str, Callable[[], Answer]] = {
@@ -69,12 +76,16 @@ class Admin:
             "/ready": self.ready,
             "/metrics": self.metrics,
         }
+        #: The OpenAPI and AsyncAPI documents (engine/http/openapi.py), no key needed.
+        self.documents = ApiDocuments(state)
 
     def answer(self, request: HttpRequest, peer: str = "") -> Answer | Coroutine[Any, Any, Answer]:
         """A route's answer, or the coroutine of a server API call's."""
-        if request.path.startswith(PREFIX):
+        if request.path.startswith(PREFIX) and request.path != SERVER_API_PATH:
             return self.api.answer(request, peer)
-        route = self.routes.get(request.path)
+        if self.web is not None and self.web.owns(request.path):
+            return self.web.answer(request, peer)
+        route = self.routes.get(request.path) or self.documents.route(request.path)
         if route is None:
             return _json(404, {"error": {"code": "NOT_FOUND", "message": "no such admin route"}})
         if request.method not in ("GET", "HEAD"):
@@ -136,6 +147,8 @@ class Admin:
 
     def close(self) -> None:
         """The engine stopped: drop what is still open."""
+        if self.web is not None:
+            self.web.close()
         for conn in list(self.connections):
             conn.abort()
 
@@ -231,7 +244,15 @@ class AdminProtocol(asyncio.Protocol):
                 if event is NEED_DATA and conn.state is HttpState.READING_BODY:
                     transport.write(conn.continue_bytes())
                 return
-            answer = self._admin.answer(event, self._peer)
+            web = self._admin.web
+            if web is not None and event.path == WS_PATH and event.upgrade:
+                refused = web.upgrade(event, conn, transport)
+                if refused is None:  # the socket is the admin page's WebSocket now
+                    self._hand_over()
+                    return
+                answer: Answer | Coroutine[Any, Any, Answer] = refused
+            else:
+                answer = self._admin.answer(event, self._peer)
             if not isinstance(answer, tuple):
                 # Awaits the broker: answered by the task, reading waits for it.
                 self._busy = True
@@ -284,6 +305,13 @@ class AdminProtocol(asyncio.Protocol):
             self._arm()  # and dropped if what is left to write never drains
         else:
             transport.abort()
+
+    def _hand_over(self) -> None:
+        """The transport went to another protocol: forget it without closing it."""
+        self._transport = None
+        self.deadline = math.inf
+        self._admin.state.sweeper.cancel(self)
+        self._admin.connections.discard(self)
 
     def _close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():

@@ -8,9 +8,10 @@ the admin listener (``--admin-listen``), and on the client port under ``/api/`` 
 Every call goes through the same hub and broker calls a worker's commands do
 (engine/services/connection.py): a publish is one ``Publish.to`` value given to
 ``Hub.publish``, so it is numbered, kept and carried to the other nodes exactly as a
-worker's ``emit``, in one order with them. ``disconnect``, ``subscribe`` and
-``unsubscribe`` act on this node's connections (the ones a worker's ``close``,
-``join`` and ``leave`` reach): call each node for a user connected to several.
+worker's ``emit``, in one order with them, and answered with the offset it got.
+``disconnect``, ``subscribe`` and ``unsubscribe`` are one ``Command`` the broker applies
+on every node concerned (engine/brokers/commands.py): a user's connections wherever
+they are, a connection named ``node:id`` on its node.
 
 Bounds: a body over ``api_max_body`` is 413 (the connection is closed); calls per
 second per key, and per address while its key is wrong, over ``api_rate`` are 429.
@@ -22,6 +23,7 @@ the auth and bounds they share; a table of methods in one place.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -31,10 +33,10 @@ import orjson
 from redis.exceptions import RedisError
 
 from engine.api.request import error_body
+from engine.brokers.base import Numbered
+from engine.brokers.commands import Action, Command, split_conn
 from engine.brokers.history import MAX_HISTORY_LIMIT
-from engine.brokers.local import LocalBroker
 from engine.brokers.publish import Publish
-from engine.hub.member import Member
 from engine.limits.ratelimit import AddressRates, address_key
 from engine.node import Node
 from protocol import ErrorCode
@@ -57,6 +59,8 @@ MAX_ROOMS_LISTED = 10_000
 _SENDABLE = {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
 #: A close reason fits in a control frame (125 bytes, 2 of them the code).
 _MAX_REASON = 123
+#: Seconds a publish's answer waits for its number (Redis far behind, or hung).
+_NUMBERED_WITHIN = 10.0
 _NODES = "lk:nodes"
 
 
@@ -228,6 +232,16 @@ class ServerApi:
         result = await method(_Body(request.body, allowed))
         return 200, list(_JSON), orjson.dumps(result)
 
+    async def call(self, name: str, args: dict[str, Any]) -> object:
+        """Call method ``name`` in-process (the admin page, docs/admin.md), with the same
+        checks of its arguments as over HTTP; no key, no rate.
+
+        Raises:
+            ApiError: the arguments were refused, or the method failed.
+        """
+        allowed, method = self.methods[name]
+        return await method(_Body(orjson.dumps(args), allowed))
+
     def _key_of(self, request: HttpRequest) -> int | None:
         """The index of the key the request names, or None; every key is compared (in
         constant time), so the time taken says nothing about which one is close."""
@@ -247,7 +261,12 @@ class ServerApi:
     # ----------------------------------------------------------- publishing
     async def publish(self, body: _Body) -> object:
         room, user = body.text("room"), body.text("user")
-        conn, everyone = body.conn("connection"), body.flag("everyone")
+        address = body.value.get("connection")
+        where = None if address is None else split_conn(address)
+        if address is not None and where is None:
+            raise _bad("connection must be a connection id (an integer, or node:id)")
+        node, conn = where if where is not None else (None, None)
+        everyone = body.flag("everyone")
         if sum((room is not None, user is not None, conn is not None, everyone)) != 1:
             raise _bad("publish needs exactly one of room, user, connection, everyone")
         publish = Publish.to(
@@ -259,45 +278,50 @@ class ServerApi:
             exclude=body.ids("exclude"),
             event=body.text("event", required=True),
         )
-        hub = self.state.hub
-        if publish.kind == "c":  # this node's connection: delivered at once
-            return {"delivered": hub.deliver(publish)}
-        hub.publish(publish)
-        return await self._offset(publish)
+        broker = self.state.broker
+        if publish.kind == "c":
+            if node is None or node == getattr(broker, "node", None):
+                # This node's connection: delivered at once.
+                return {"delivered": self.state.hub.deliver(publish)}
+            command = Command(
+                action="send", conn=conn, node=node, payload=publish.payload, event=publish.event
+            )
+            return (await broker.command(command)).answer("delivered")
+        # The broker's path, as hub.publish takes it for a worker's emit, with the
+        # offset this publish gets.
+        numbered: Numbered = self.state.loop.create_future()
+        broker.publish(publish, numbered)
+        return await self._offset(publish, numbered)
 
     async def broadcast(self, body: _Body) -> object:
         rooms = body.texts("rooms", MAX_BROADCAST_ROOMS)
         payload, event, exclude = _payload(body), body.text("event"), body.ids("exclude")
         publishes = [Publish.to(payload, room=room, exclude=exclude, event=event) for room in rooms]
+        broker, loop = self.state.broker, self.state.loop
+        numbered: list[Numbered] = []
         for publish in publishes:  # all queued first: one round trip to Redis, not N
-            self.state.hub.publish(publish)
+            numbered.append(loop.create_future())
+            broker.publish(publish, numbered[-1])
         results = []
-        for publish in publishes:
-            results.append({"room": publish.name, **await self._offset(publish)})
+        for publish, offset in zip(publishes, numbered, strict=True):
+            results.append({"room": publish.name, **await self._offset(publish, offset)})
         return {"results": results}
 
-    async def _offset(self, publish: Publish) -> dict[str, object]:
-        """``{"offset": {epoch, seq}}`` of a room or user publish once it is numbered;
-        ``{}`` when it is not (everyone; Redis unreachable: delivered unnumbered)."""
-        broker = self.state.broker
-        if isinstance(broker, LocalBroker):
-            # Numbered within hub.publish: the stream's position is this event's.
-            position = broker.history.position(publish.stream)
-            if publish.kind == "*" or position is None:
-                return {}
-            return {"offset": {"epoch": position[0], "seq": position[1]}}
-        fence = broker.fence()
-        if fence is not None:
-            await fence  # the publish is numbered (and delivered here) past it
-        if publish.kind != "r" or not broker.healthy:
-            return {}
+    async def _offset(self, publish: Publish, numbered: Numbered) -> dict[str, object]:
+        """``{"offset": {epoch, seq}}``: the number the broker gave this very publish
+        (racing callers each get their own), once it took effect here; ``{}`` when it
+        was not numbered (everyone; Redis unreachable: delivered unnumbered)."""
         try:
-            page = await broker.read_history(publish.name, None, None, 1)
-        except (OSError, RedisError):
+            async with asyncio.timeout(_NUMBERED_WITHIN):
+                position = await numbered
+                fence = self.state.broker.fence()
+                if fence is not None:
+                    await fence  # delivered here too, as a worker's reply waits for
+        except TimeoutError:
+            position = None if numbered.cancelled() or not numbered.done() else numbered.result()
+        if publish.kind == "*" or position is None:
             return {}
-        if page.epoch is None:
-            return {}
-        return {"offset": {"epoch": page.epoch, "seq": page.seq}}
+        return {"offset": {"epoch": position[0], "seq": position[1]}}
 
     # ------------------------------------------------------------- reading
     async def presence(self, body: _Body) -> object:
@@ -406,37 +430,38 @@ class ServerApi:
         reason = body.value.get("reason") or ""
         if not isinstance(reason, str) or len(reason.encode()) > _MAX_REASON:
             raise _bad(f"reason must be a string of at most {_MAX_REASON} bytes")
-        targets = self._connections(body)
-        for ws in targets:
-            ws.close(code, reason)
-        return {"disconnected": len(targets)}
+        command = self._connections(body, "disconnect", code=code, reason=reason)
+        return (await self.state.broker.command(command)).answer("disconnected")
 
     async def subscribe(self, body: _Body) -> object:
         room = body.text("room", required=True)
         assert room is not None
-        hub = self.state.hub
-        joined = sum(1 for ws in self._connections(body) if hub.join(ws, room))
-        return {"subscribed": joined}
+        command = self._connections(body, "subscribe", room=room)
+        return (await self.state.broker.command(command)).answer("subscribed")
 
     async def unsubscribe(self, body: _Body) -> object:
         room = body.text("room", required=True)
         assert room is not None
-        hub = self.state.hub
-        targets = [ws for ws in self._connections(body) if ws.rooms and room in ws.rooms]
-        for ws in targets:
-            hub.leave(ws, room)
-        return {"unsubscribed": len(targets)}
+        command = self._connections(body, "unsubscribe", room=room)
+        return (await self.state.broker.command(command)).answer("unsubscribed")
 
-    def _connections(self, body: _Body) -> list[Member]:
-        """This node's connections of ``user``, or the one ``connection``."""
-        user, conn = body.text("user"), body.conn("connection")
-        if (user is None) == (conn is None):
+    def _connections(
+        self, body: _Body, action: Action, *, room: str = "", code: int = 1000, reason: str = ""
+    ) -> Command:
+        """The command on the connections of ``user`` (on every node), or on the one
+        ``connection`` (this node's id, or ``node:id`` for another node's)."""
+        user, address = body.text("user"), body.value.get("connection")
+        if (user is None) == (address is None):
             raise _bad("needs exactly one of user, connection")
-        hub = self.state.hub
-        if user is not None:
-            return list(hub.users.get(user, ()))
-        ws = hub.by_id.get(conn) if conn is not None else None
-        return [ws] if ws is not None and not ws.closed else []
+        node, conn = None, None
+        if address is not None:
+            where = split_conn(address)
+            if where is None:
+                raise _bad("connection must be a connection id (an integer, or node:id)")
+            node, conn = where
+        return Command(
+            action=action, user=user, conn=conn, node=node, room=room, code=code, reason=reason
+        )
 
 
 def _conn_id(value: object) -> int | None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from engine.brokers.base import FIELDS, Broker
+from engine.brokers.commands import Command
 from engine.brokers.history import Recovery
 from engine.brokers.presence import Presence
 from engine.brokers.publish import Publish
@@ -279,6 +280,32 @@ class Hub:
             if not members:
                 del self.rooms[room]
                 self.broker.unwatch("r", room)
+
+    def apply(self, command: Command) -> int:
+        """Apply a command (the server API's, from this node or through the broker from
+        another) to this node's open connections of its user, or its one connection:
+        close them, join or leave the room, or send the event. How many it acted on."""
+        if command.user is not None:
+            found: Iterable[Member] = self.users.get(command.user, ())
+        else:
+            ws = self.by_id.get(command.conn) if command.conn is not None else None
+            found = (ws,) if ws is not None else ()
+        targets = [ws for ws in found if not ws.closed]
+        action, room = command.action, command.room
+        if action == "disconnect":
+            for ws in targets:
+                ws.close(command.code, command.reason)
+            return len(targets)
+        if action == "subscribe":
+            return sum(1 for ws in targets if self.join(ws, room))
+        if action == "unsubscribe":
+            targets = [ws for ws in targets if ws.rooms and room in ws.rooms]
+            for ws in targets:
+                self.leave(ws, room)
+            return len(targets)
+        if command.conn is None or not targets:  # send: to one connection, unnumbered
+            return 0
+        return self.deliver(Publish.to(command.payload, conn=command.conn, event=command.event))
 
     def rooms_of(self, ws: Member) -> list[str]:
         return sorted(ws.rooms) if ws.rooms else []

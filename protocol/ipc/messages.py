@@ -59,6 +59,10 @@ class HttpRoute:
     path: str
     #: "required", "optional" or "none".
     auth: str = "none"
+    #: Optional documentation (v2) as JSON text: ``{"summary", "description",
+    #: "request", "response"}``, the last two JSON schemas. For the engine's OpenAPI
+    #: document only: not part of the route (workers of a service may differ in it).
+    docs: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +97,10 @@ class WsRoute:
     #: Origins a browser page may connect from, for this path only (v2); None: the
     #: engine's ``--allowed-origins`` applies.
     origins: list[str] | None = None
+    #: Optional documentation (v2) as JSON text: ``{"types": {type: {"summary",
+    #: "description", "schema", "result"}}, "emits": {event: {"summary",
+    #: "description", "schema"}}}``, for the engine's AsyncAPI document only.
+    docs: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
