@@ -29,7 +29,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,6 +113,9 @@ def _base_command(
             *("--service", "bench.fanout_service", "--workers", "1"),
             *("--ws-rate", "0"),  # the publisher floods on purpose
             *("--max-connections-per-ip", "0", "--new-connections-per-ip", "0"),
+            # Every load connection comes from a few loopback addresses: the per-address
+            # HTTP rate (1000/s by default) would refuse the connect storm with 429.
+            *("--http-rate", "0"),
             *("--no-access-log", "--log-level", "warning", "--shutdown-grace", "2"),
         ]
         if max_outbound is not None:
@@ -134,14 +137,16 @@ def start_server(
     tmp: Path,
     max_outbound: int | None = None,
     tls: tuple[str, str] | None = None,
+    extra: Sequence[str] = (),
 ) -> Server:
+    """``extra``: more arguments for the server's command line (bench/scale.py)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LINKD_", "BENCH_"))}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
     env["BENCH_FANOUT_PER_CONNECTION"] = str(per_connection)
     # Short: a Unix socket path has a ~108-byte limit.
     ipc_path = f"/tmp/lk-bench-{os.getpid()}-{port}.sock" if name == "linkd" else None
-    cmd = _command(name, port, ipc_path, max_outbound, tls)
+    cmd = [*_command(name, port, ipc_path, max_outbound, tls), *extra]
     log_path = tmp / f"{name}-{port}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(

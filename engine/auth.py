@@ -36,6 +36,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
+from engine.limits.ratelimit import LogBudget
 from protocol.errors import UnauthorizedError
 from protocol.http import HttpRequest
 
@@ -253,6 +254,8 @@ class Authenticator:
         self.issuer = issuer
         self.leeway = leeway
         self.allow_no_exp = allow_no_exp
+        #: Refused tokens are logged at most 5 a second (bursts of 20), with a count.
+        self._refusals = LogBudget(5.0, 20.0)
 
     def _read_keys(
         self,
@@ -334,11 +337,25 @@ class Authenticator:
             return self._verify(token)
         except AuthError as exc:
             if log.isEnabledFor(exc.level):
-                log.log(exc.level, "token refused: %s (%s)", exc, exc.detail or _describe(token))
+                # Budgeted: a client sending bad tokens in a loop must not become a
+                # log flood (nor cost a line of formatting and I/O per attempt).
+                self._refusals.log(
+                    log,
+                    exc.level,
+                    time.monotonic(),
+                    "token refused: %s (%s)",
+                    exc,
+                    exc.detail or _describe(token),
+                )
             raise
         except Exception as exc:  # a library surprise is a 401, not a 500
-            log.warning(
-                "token refused: verification raised %s (%s)", type(exc).__name__, _describe(token)
+            self._refusals.log(
+                log,
+                logging.WARNING,
+                time.monotonic(),
+                "token refused: verification raised %s (%s)",
+                type(exc).__name__,
+                _describe(token),
             )
             raise AuthError("invalid token") from None
 

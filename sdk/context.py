@@ -404,8 +404,11 @@ class WsContext(Context):
         #: Connect only: the WebSocket path, its query and the upgrade request's headers.
         self.path = path
         self.query_string = query_string
-        self.query: dict[str, list[str]] = parse_qs(query_string, keep_blank_values=True)
-        self.headers = Headers(headers or [])
+        # Only connect has a query and headers: a message's context skips the parsing.
+        self.query: dict[str, list[str]] = (
+            parse_qs(query_string, keep_blank_values=True) if query_string else {}
+        )
+        self.headers = Headers(headers) if headers else Headers([])
         #: The ack's data: the handler's return value, once ``next()`` returned.
         #: Middleware may replace it.
         self.result: Any = None

@@ -141,10 +141,14 @@ class LogBudget:
     def warning(self, logger: logging.Logger, now: float, msg: str, *args: object) -> None:
         """``logger.warning(msg, *args)`` with the count of held-back lines appended,
         or only counted when over the budget."""
+        self.log(logger, logging.WARNING, now, msg, *args)
+
+    def log(self, logger: logging.Logger, level: int, now: float, msg: str, *args: object) -> None:
+        """``logger.log(level, msg, *args)`` within the budget (see ``warning``)."""
         if self._bucket.take(now):
             self.not_logged += 1
             return
-        logger.warning(msg + " (%d earlier not logged)", *args, self.not_logged)
+        logger.log(level, msg + " (%d earlier not logged)", *args, self.not_logged)
         self.not_logged = 0
 
 

@@ -198,7 +198,8 @@ class IpcProtocol(asyncio.Protocol):
         hub = self._state.hub
         if isinstance(msg, m.Reply):
             # These bytes are pasted into client text frames: they must be UTF-8.
-            _require_utf8(msg.json, "reply.json")
+            if msg.json is not None:
+                _require_utf8(msg.json, "reply.json")
             if msg.error is not None:
                 _require_utf8(msg.error.details, "reply.error.details")
             self._reply(msg)

@@ -10,14 +10,13 @@ free slots take queued calls before events (``ServiceEntry.pump``).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from engine.brokers.events import MAX_EVENT_BYTES, Delivery, EventsFull, EventStore
-from engine.services.workers import Call, ServiceError, Worker
+from engine.services.workers import Call, Outcome, ServiceError, Worker
 from protocol import ErrorCode
 from protocol.ipc import messages as m
 
@@ -38,6 +37,8 @@ class ServiceEntry(Protocol):
     def live_workers(self) -> list[Worker]: ...
 
     def pump(self) -> None: ...
+
+    def finished(self, call: Call) -> None: ...
 
 
 class Registry(Protocol):
@@ -132,7 +133,6 @@ class EventRouter:
     def _send(self, entry: ServiceEntry, worker: Worker, delivery: Delivery) -> None:
         registry = self.registry
         loop = registry.state.loop
-        future: asyncio.Future[m.Reply] = loop.create_future()
 
         def make(request_id: int) -> m.Event:
             return m.Event(
@@ -144,26 +144,26 @@ class EventRouter:
                 time=delivery.time,
             )
 
-        call = Call(entry, make, future)
+        def done(outcome: Outcome) -> None:
+            self._finished(entry, delivery, outcome)
+
+        call = Call(entry, make, done)
+        try:
+            worker.send_call(call)
+        except ServiceError as error:
+            # At the next turn: a retry pumps again, and must not recurse into a worker
+            # that refuses the same way at once.
+            loop.call_soon(done, error)
+            return
         call.deadline = loop.time() + registry.request_timeout
         registry.state.sweeper.schedule(call)
-        future.add_done_callback(lambda f: self._finished(entry, call, delivery, f))
-        worker.send_call(call)
 
-    def _finished(
-        self,
-        entry: ServiceEntry,
-        call: Call,
-        delivery: Delivery,
-        future: asyncio.Future[m.Reply],
-    ) -> None:
-        call.release()
-        self.registry.state.sweeper.cancel(call)
-        error = future.exception() if not future.cancelled() else None
+    def _finished(self, entry: ServiceEntry, delivery: Delivery, outcome: Outcome) -> None:
+        error = outcome if isinstance(outcome, ServiceError) else None
         if error is None:
             self.acked += 1
             self.store.done(delivery)
-        elif isinstance(error, ServiceError) and error.code is ErrorCode.PAYLOAD_TOO_LARGE:
+        elif error.code is ErrorCode.PAYLOAD_TOO_LARGE:
             log.error("event %s dropped: larger than service %s accepts", delivery.name, entry.name)
             self.store.done(delivery)
         else:

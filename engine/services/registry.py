@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-import math
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+import orjson
+
 from engine.services.events import EventRouter
 from engine.services.replay import ReplayCache
-from engine.services.workers import Call, Link, MakeRequest, ServiceError, Worker
+from engine.services.workers import Call, Done, Link, MakeRequest, Outcome, ServiceError, Worker
 from protocol import ErrorCode, LocalProtocolError
 from protocol.ipc import messages as m
 
@@ -26,6 +28,10 @@ if TYPE_CHECKING:
 __all__ = ["Registry", "ServiceEntry"]
 
 log = logging.getLogger("linkd.workers")
+
+#: Documentation a worker may register (the ``docs`` of its routes), in all: schemas
+#: are the worker's input, kept while the service is registered and served as they are.
+MAX_DOCS_BYTES = 256 * 1024
 
 
 class ServiceEntry:
@@ -43,9 +49,12 @@ class ServiceEntry:
 
     def pick(self) -> Worker | None:
         """The available worker with the fewest calls in flight (ties: round robin)."""
-        best: Worker | None = None
         workers = self.workers
         n = len(workers)
+        if n == 1:  # the common case, without the loop
+            only = workers[0]
+            return only if not only.draining and len(only.in_flight) < only.capacity else None
+        best: Worker | None = None
         for i in range(n):
             worker = workers[(self._rr + i) % n]
             if worker.available and (best is None or len(worker.in_flight) < len(best.in_flight)):
@@ -57,33 +66,56 @@ class ServiceEntry:
     def live_workers(self) -> list[Worker]:
         return [w for w in self.workers if not w.draining]
 
-    async def call(self, make: MakeRequest) -> m.Reply:
-        """Send a request built by ``make(id)`` and wait for its reply.
+    def start(self, make: MakeRequest, done: Done) -> Call:
+        """Send a request built by ``make(id)`` (or queue it); ``done`` gets the reply
+        or the ServiceError, exactly once, later (never from within ``start``: what
+        fails at once is raised).
 
         Raises:
-            ServiceError: SERVICE_UNAVAILABLE, OVERLOADED or TIMEOUT.
+            ServiceError: SERVICE_UNAVAILABLE or OVERLOADED, at once.
         """
         registry = self.registry
-        if not self.live_workers():
-            raise ServiceError(ErrorCode.SERVICE_UNAVAILABLE, f"service {self.name} is unavailable")
-        future: asyncio.Future[m.Reply] = registry.state.loop.create_future()
-        call = Call(self, make, future)
+        call = Call(self, make, done)
         worker = self.pick()
         if worker is None:
+            if not self.live_workers():
+                raise ServiceError(
+                    ErrorCode.SERVICE_UNAVAILABLE, f"service {self.name} is unavailable"
+                )
             if len(self.queue) >= registry.max_queue:
                 raise ServiceError(ErrorCode.OVERLOADED, f"service {self.name} is overloaded")
             self.queue.append(call)
         else:
-            worker.send_call(call)
-        started = registry.state.loop.time()
+            worker.send_call(call)  # raises if it could not go: nothing to undo
+        state = registry.state
+        call.started = started = state.loop.time()
         call.deadline = started + registry.request_timeout
-        registry.state.sweeper.schedule(call)
+        state.sweeper.schedule(call)
+        return call
+
+    async def call(self, make: MakeRequest) -> m.Reply:
+        """``start`` for a coroutine: the reply, or ServiceError raised."""
+        future: asyncio.Future[Outcome] = self.registry.state.loop.create_future()
+
+        def done(outcome: Outcome) -> None:
+            if not future.done():
+                future.set_result(outcome)
+
+        call = self.start(make, done)
         try:
-            return await future
-        finally:
-            call.release()
-            registry.state.sweeper.cancel(call)
-            registry.state.metrics.observe_ipc(self.name, registry.state.loop.time() - started)
+            outcome = await future
+        except asyncio.CancelledError:
+            call.abandon()
+            raise
+        if isinstance(outcome, ServiceError):
+            raise outcome
+        return outcome
+
+    def finished(self, call: Call) -> None:
+        state = self.registry.state
+        state.sweeper.cancel(call)
+        if call.started:
+            state.metrics.observe_ipc(self.name, state.loop.time() - call.started)
 
     def notify(self, msg: Any) -> None:
         """A one-way message (disconnect, presence) to a live worker; dropped if none."""
@@ -100,22 +132,49 @@ class ServiceEntry:
             if worker is None:
                 return
             call = queue.popleft()
-            if call.future is not None and not call.future.done():
-                worker.send_call(call)
+            if call.done is not None:
+                try:
+                    worker.send_call(call)
+                except ServiceError as error:
+                    call.fail(error)
         if self.registration.events:
             self.registry.events.pump(self)
 
     def fail_queue(self) -> None:
         calls, self.queue = list(self.queue), deque()
         for call in calls:
-            call.deadline = math.inf
             call.fail(
                 ServiceError(ErrorCode.SERVICE_UNAVAILABLE, f"service {self.name} is unavailable")
             )
 
 
 def _routes(reg: m.Registration) -> tuple[object, ...]:
-    return (reg.http, reg.ws, sorted(reg.events))
+    """What workers of one service must agree on; documentation is not part of it (a
+    rolling deploy may reword it)."""
+    http = [dataclasses.replace(route, docs=None) for route in reg.http]
+    ws = dataclasses.replace(reg.ws, docs=None) if reg.ws is not None else None
+    return (http, ws, sorted(reg.events))
+
+
+def _docs_problem(reg: m.Registration) -> m.Reject | None:
+    """A registration whose documentation is too large, or not JSON objects."""
+    texts = [route.docs for route in reg.http]
+    texts.append(reg.ws.docs if reg.ws is not None else None)
+    found = [text for text in texts if text is not None]
+    size = sum(len(text) for text in found)
+    if size > MAX_DOCS_BYTES:
+        return m.Reject(
+            "DOCS_TOO_LARGE",
+            f"service {reg.name} documents its routes in {size} bytes, over {MAX_DOCS_BYTES}",
+        )
+    for text in found:
+        try:
+            value = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            value = None
+        if type(value) is not dict:
+            return m.Reject("BAD_DOCS", f"service {reg.name}: route docs must be a JSON object")
+    return None
 
 
 class Registry:
@@ -174,6 +233,9 @@ class Registry:
             return m.Reject(
                 "VERSION", f"engine speaks IPC version {m.PROTOCOL_VERSION}, not {hello.versions}"
             )
+        refused = _docs_problem(reg)
+        if refused is not None:
+            return refused
         entry = self.services.get(reg.name)
         # Workers of one service must route alike; version and concurrency may differ
         # (a rolling deploy, a bigger machine).
@@ -228,7 +290,6 @@ class Registry:
         for entry in self.services.values():
             calls, entry.queue = list(entry.queue), deque()
             for call in calls:
-                call.deadline = math.inf
                 call.fail(error)
             failed += len(calls)
         for worker in self.workers.values():
@@ -236,7 +297,6 @@ class Registry:
             worker.in_flight = {}
             for call in calls:
                 worker.proto.expire(call.id)  # its late reply is not a protocol error
-                call.deadline = math.inf
                 call.fail(error)
             failed += len(calls)
         return failed
@@ -274,10 +334,13 @@ class Registry:
             self._gone.set()
         entry = _entry_of(worker)
         n = len(worker.in_flight)
+        # Out of the service before its calls fail: their callbacks run right away and
+        # may start the connection's next call, which must go to a live worker.
+        worker.draining = True
+        if entry is not None and worker in entry.workers:
+            entry.workers.remove(worker)
         worker.fail_all()
         if entry is not None:
-            if worker in entry.workers:
-                entry.workers.remove(worker)
             log.warning(
                 "worker %d (pid %d) of %s gone (%s); %d call(s) failed, %d worker(s) left",
                 worker.id,

@@ -105,7 +105,8 @@ class ReplayCache:
         None, and its answer replaces the old one. While that older one still runs, the
         new one runs beside it and is not remembered.
         """
-        self._expire()
+        if self._done:
+            self._expire()
         done = self._done.get(key)
         if done is not None:
             if done.digest == digest:
@@ -133,7 +134,8 @@ class ReplayCache:
             running.answer.set_result(frame)
         if frame is None or not remember or len(frame) > self.max_ack_bytes:
             return
-        self._forget(key)
+        if key in self._done:
+            self._forget(key)
         self._done[key] = _Remembered(self.clock() + self.ttl, digest, frame)
         self._bytes += len(frame) + _ENTRY_OVERHEAD
         done = self._done

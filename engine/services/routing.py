@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from engine.api.completion import Completion
 from engine.api.endpoint import WebSocket, WebSocketEndpoint
 from engine.api.request import Request, Response
 from engine.auth import authenticate
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from engine.services.host import Host
     from engine.services.registry import ServiceEntry
 
-from engine.services.workers import ServiceError
+from engine.services.workers import Outcome, ServiceError
 
 __all__ = ["mount_service"]
 
@@ -60,8 +61,13 @@ def _error_from_reply(error: m.ErrorInfo) -> ServiceError:
 
 async def _call(entry: ServiceEntry, make: Callable[[int], Any]) -> m.Reply:
     """A successful reply, or ServiceError (engine-side failures and worker errors alike)."""
-    reply = await entry.call(make)
+    try:
+        reply = await entry.call(make)
+    except ServiceError:
+        entry.registry.state.metrics.count_ipc_error(entry.name)
+        raise
     if reply.error is not None:
+        entry.registry.state.metrics.count_ipc_error(entry.name)
         raise _error_from_reply(reply.error)
     return reply
 
@@ -213,7 +219,7 @@ class ServiceWsEndpoint(WebSocketEndpoint):
                 ws, None, message_type, ErrorCode.BAD_REQUEST, "'id' must be a string or a number"
             )
             return None
-        if not self.handles(message_type):
+        if message_type not in self.types and not self.handles(message_type):
             self._error_event(
                 ws,
                 msg_id,
@@ -234,8 +240,7 @@ class ServiceWsEndpoint(WebSocketEndpoint):
                     else:
                         self._rate_limited_event(ws, msg_id, message_type, wait)
                     return None
-        coro = self._forward(ws, data.encode(), message_type, msg_id)
-        return self._schedule(ws, coro, message_type)
+        return self._forward_now(ws, data.encode(), message_type, msg_id)
 
     def _binary(self, ws: WebSocket, data: bytes) -> Awaitable[None] | None:
         """A binary frame: no envelope, no id, so no ack and no replay; forwarded in
@@ -248,8 +253,99 @@ class ServiceWsEndpoint(WebSocketEndpoint):
                 if not ws.closed:
                     ws.note_dropped(wait)
                 return None
-        coro = self._forward(ws, data, message_type, None, binary=True)
-        return self._schedule(ws, coro, message_type)
+        return self._forward_now(ws, data, message_type, None, binary=True)
+
+    def _forward_now(
+        self, ws: WebSocket, raw: bytes, message_type: str, msg_id: Any, binary: bool = False
+    ) -> Awaitable[None] | None:
+        """Forward a message; in the connection's order, by callback (the common case):
+        the request goes out now and the worker's reply, in the IPC read that brings
+        it, becomes the ack and hands the connection its next message. No task, no
+        future, no loop turn between the reply and the ack."""
+        if message_type in self.concurrent or self.route.per_connection > 1:
+            coro = self._forward(ws, raw, message_type, msg_id, binary)
+            return self._schedule(ws, coro, message_type)
+        replay = self.replay
+        key: tuple[str, str | int, Any] | None = None
+        digest = 0
+        if msg_id is not None and message_type not in self.not_idempotent:
+            who: str | int = ws.user_id if ws.user_id is not None else ws.id
+            key = (self.route.path, who, msg_id)
+            digest = hash(raw)
+            found = replay.claim(key, digest)
+            if isinstance(found, bytes):
+                self.state.metrics.ws_replayed_acks += 1
+                self._send_text(ws, found)
+                return None
+            if found is not None:  # the same request is running (another connection)
+                return self._forward(ws, raw, message_type, msg_id)  # waits for its answer
+        completion = Completion()
+
+        def done(outcome: Outcome) -> None:
+            try:
+                frame, remember = self._ack(msg_id, message_type, outcome)
+                if key is not None:
+                    replay.finish(key, digest, frame, remember)
+                if frame is not None:
+                    self._send_text(ws, frame)
+            except Exception:  # our bug: this connection pays, not the worker's link
+                log.exception("ws %d: answering %s failed", ws.id, message_type)
+                ws.close(CloseCode.INTERNAL_ERROR, "internal error")
+            finally:
+                completion.finish()
+
+        try:
+            self.entry.start(self._request(ws, raw, message_type, binary), done)
+        except ServiceError as err:
+            done(err)
+            return None
+        return completion
+
+    def _request(
+        self, ws: WebSocket, raw: bytes, message_type: str, binary: bool
+    ) -> Callable[[int], m.Message]:
+        remote = f"{ws.remote[0]}:{ws.remote[1]}" if ws.remote else None
+        auth = ws.auth
+        conn = ws.id
+        json = b"" if binary else raw
+        data = raw if binary else None
+
+        def make(request_id: int) -> m.Message:
+            return m.Message(
+                id=request_id,
+                conn=conn,
+                type=message_type,
+                json=json,
+                auth=auth,
+                remote=remote,
+                binary=data,
+            )
+
+        return make
+
+    def _ack(self, msg_id: Any, message_type: str, outcome: Outcome) -> tuple[bytes | None, bool]:
+        """The frame a call's outcome sends (None: nothing, a message without an id that
+        succeeded) and whether a repeat may be told the same."""
+        if isinstance(outcome, ServiceError):
+            err = outcome
+        elif outcome.error is not None:
+            err = _error_from_reply(outcome.error)
+        else:
+            if msg_id is None:
+                return None, False
+            frame = (
+                b'{"id":'
+                + orjson.dumps(msg_id)
+                + b',"type":'
+                + orjson.dumps(message_type)
+                + b',"data":'
+                + (outcome.json if outcome.json is not None else b"null")
+                + b"}"
+            )
+            return frame, True
+        self.state.metrics.count_ipc_error(self.entry.name)  # the admin page's errors
+        frame = self._error_frame(msg_id, message_type, err.code, err.message, err.details)
+        return frame, err.code not in _NOT_REMEMBERED
 
     def _schedule(
         self, ws: WebSocket, coro: Coroutine[Any, Any, None], message_type: str
@@ -321,38 +417,14 @@ class ServiceWsEndpoint(WebSocketEndpoint):
     async def _answer(
         self, ws: WebSocket, raw: bytes, message_type: str, msg_id: Any, binary: bool = False
     ) -> tuple[bytes | None, bool]:
-        """Forward to a worker: the frame to send (None: nothing, a message without an
-        id that succeeded) and whether a repeat may be told the same."""
-        remote = f"{ws.remote[0]}:{ws.remote[1]}" if ws.remote else None
-
-        def make(request_id: int) -> m.Message:
-            return m.Message(
-                id=request_id,
-                conn=ws.id,
-                type=message_type,
-                json=b"" if binary else raw,
-                auth=ws.auth,
-                remote=remote,
-                binary=raw if binary else None,
-            )
-
+        """Forward to a worker and wait: the frame to send and whether a repeat may be
+        told the same (see ``_ack``)."""
+        outcome: Outcome
         try:
-            reply = await _call(self.entry, make)
+            outcome = await self.entry.call(self._request(ws, raw, message_type, binary))
         except ServiceError as err:
-            frame = self._error_frame(msg_id, message_type, err.code, err.message, err.details)
-            return frame, err.code not in _NOT_REMEMBERED
-        if msg_id is None:
-            return None, False
-        frame = (
-            b'{"id":'
-            + orjson.dumps(msg_id)
-            + b',"type":'
-            + orjson.dumps(message_type)
-            + b',"data":'
-            + (reply.json if reply.json is not None else b"null")
-            + b"}"
-        )
-        return frame, True
+            outcome = err
+        return self._ack(msg_id, message_type, outcome)
 
     # ---------------------------------------------------------- rate limits
     def on_rate_limited(self, ws: WebSocket, data: str | bytes, retry_after: float) -> None:

@@ -8,7 +8,6 @@ in flight with SERVICE_UNAVAILABLE; queued calls wait for the others.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import math
@@ -34,6 +33,9 @@ class Pool(Protocol):
 
     def pump(self) -> None:
         """Hand queued calls to workers that have room."""
+
+    def finished(self, call: Call) -> None:
+        """``call`` ended: off the timer wheel, its latency observed."""
 
 
 class Link(Protocol):
@@ -63,44 +65,65 @@ def _spent(request_id: int) -> Any:
     raise RuntimeError("this call is finished")
 
 
+#: What a call ends with: the worker's reply, or why there is none.
+Outcome = m.Reply | ServiceError
+Done = Callable[[Outcome], None]
+
+
 class Call:
-    """One request to a service, from queueing to its reply (or failure)."""
+    """One request to a service, from queueing to its reply (or failure).
 
-    __slots__ = ("deadline", "entry", "future", "id", "make", "worker")
+    It ends exactly once, by ``settle``: a reply, a timeout, the worker gone. ``done``
+    is a plain callback run right there (in the IPC read that brought the reply), not a
+    future: a WebSocket message's ack is built and queued without a task, a future or
+    a loop turn in between (docs/architecture.md, "the worker hop").
+    """
 
-    def __init__(self, entry: Pool, make: MakeRequest, future: asyncio.Future[m.Reply]):
+    __slots__ = ("deadline", "done", "entry", "id", "make", "started", "worker")
+
+    def __init__(self, entry: Pool, make: MakeRequest, done: Done) -> None:
         self.entry = entry
         self.make = make
-        #: None once finished (``release``).
-        self.future: asyncio.Future[m.Reply] | None = future
+        #: None once settled (or abandoned).
+        self.done: Done | None = done
         self.worker: Worker | None = None
         self.id = 0
         self.deadline = math.inf
+        self.started = 0.0
 
-    def release(self) -> None:
-        """Finished: let go of the request and the reply now. The timer wheel may hold
-        this object until its deadline (the request timeout, 30 s by default): it must
-        not keep a kilobyte per request alive for that long."""
+    @property
+    def finished(self) -> bool:
+        return self.done is None
+
+    def settle(self, outcome: Outcome) -> None:
+        """End the call with ``outcome`` (nothing happens if it ended already)."""
+        done = self.done
+        if done is None:
+            return
+        self.abandon()
+        done(outcome)
+
+    def abandon(self) -> None:
+        """Nobody waits any more (the caller was cancelled): let go of the request now;
+        a late reply is dropped. The timer wheel no longer holds the call."""
+        self.done = None
         self.deadline = math.inf
         self.make = _spent
-        self.future = None
         self.worker = None
+        self.entry.finished(self)
 
     def on_deadline(self, now: float) -> None:
-        if self.future is None or self.future.done():
-            self.deadline = math.inf
+        if self.done is None:
             return
         if self.worker is not None:
             self.worker.expire(self)
         else:
             with contextlib.suppress(ValueError):
                 self.entry.queue.remove(self)
-        self.deadline = math.inf
-        self.fail(ServiceError(ErrorCode.TIMEOUT, "the service did not answer"))
+        self.settle(ServiceError(ErrorCode.TIMEOUT, "the service did not answer"))
 
     def fail(self, error: ServiceError) -> None:
-        if self.future is not None and not self.future.done():
-            self.future.set_exception(error)
+        self.settle(error)
 
 
 class Worker:
@@ -123,6 +146,12 @@ class Worker:
         return not self.draining and len(self.in_flight) < self.capacity
 
     def send_call(self, call: Call) -> None:
+        """Hand ``call`` to this worker.
+
+        Raises:
+            ServiceError: PAYLOAD_TOO_LARGE (the request exceeds the worker's frame)
+                or SERVICE_UNAVAILABLE (its socket is closing); the call was not sent.
+        """
         self._next_id += 1
         call.id = self._next_id
         call.worker = self
@@ -131,21 +160,23 @@ class Worker:
             self.proto.send(call.make(call.id))
         except PeerFrameTooLarge:
             del self.in_flight[call.id]
-            call.fail(
-                ServiceError(ErrorCode.PAYLOAD_TOO_LARGE, "request too large for the service")
-            )
+            call.worker = None
+            raise ServiceError(
+                ErrorCode.PAYLOAD_TOO_LARGE, "request too large for the service"
+            ) from None
         except LocalProtocolError:
             # The socket is closing: the same as a worker that went away.
             del self.in_flight[call.id]
-            call.fail(ServiceError(ErrorCode.SERVICE_UNAVAILABLE, "the service worker went away"))
+            call.worker = None
+            raise ServiceError(
+                ErrorCode.SERVICE_UNAVAILABLE, "the service worker went away"
+            ) from None
 
     def on_reply(self, reply: m.Reply) -> None:
         call = self.in_flight.pop(reply.id, None)
         if call is None:
             return  # timed out earlier: dropped (docs/ipc.md §5 R9)
-        call.deadline = math.inf
-        if call.future is not None and not call.future.done():
-            call.future.set_result(reply)
+        call.settle(reply)
         if self.entry is not None:
             self.entry.pump()
 
@@ -158,5 +189,4 @@ class Worker:
     def fail_all(self) -> None:
         calls, self.in_flight = list(self.in_flight.values()), {}
         for call in calls:
-            call.deadline = math.inf
             call.fail(ServiceError(ErrorCode.SERVICE_UNAVAILABLE, "the service worker went away"))

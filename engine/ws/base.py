@@ -219,7 +219,7 @@ class WsBase(asyncio.Protocol):
         def _queue_message(self, frame: bytes, policy: Policy, key: str | None) -> None: ...
         def _release(self, force: bool = False) -> None: ...  # lossy.py
         def _pump(self, now: float) -> bool: ...  # inbound.py
-        def _run(self, first: Awaitable[None]) -> None: ...  # inbound.py
+        def _wait_for(self, pending: Awaitable[None]) -> None: ...  # inbound.py
         def _notify_disconnect(self, code: int) -> None: ...  # inbound.py
         def _count_rejected(self, now: float) -> bool: ...  # guards.py
         def _throttle(self, now: float, wait: float) -> None: ...  # guards.py

@@ -17,6 +17,7 @@ import math
 from collections import deque
 from collections.abc import Awaitable
 
+from engine.api.completion import Completion
 from engine.limits.ratelimit import TokenBucket
 from engine.ws.base import FRAMES_PER_TURN, PAUSE_QUEUE, PAUSE_RATE, PAUSE_TURN, WsBase
 from engine.ws.refresh import REFRESH_TYPE
@@ -211,12 +212,42 @@ class Inbound(WsBase):
             self._handler_failed()
             return throttled
         if result is not None:
-            self._run(result)
+            self._busy = True
+            self._wait_for(result)
         return throttled
 
-    def _run(self, first: Awaitable[None]) -> None:
-        self._busy = True
-        self._state.spawn(self._drain_inbox(first))
+    def _wait_for(self, pending: Awaitable[None]) -> None:
+        """Busy until ``pending`` is done, then on to the inbox: by callback for a
+        ``Completion`` (no task), by a task for a coroutine."""
+        if type(pending) is Completion:
+            pending.then(self._next_message)
+        else:
+            self._state.spawn(self._drain_inbox(pending))
+
+    def _next_message(self) -> None:
+        """A ``Completion`` finished: hand over queued messages until one is pending."""
+        endpoint = self._endpoint
+        low = self._state.limits.max_inbound_queue // 4
+        inbox = self._inbox
+        while inbox:
+            data = inbox.popleft()
+            if len(inbox) <= low:
+                self._resume(PAUSE_QUEUE)
+            try:
+                pending = endpoint.on_message(self, data)
+            except Exception:
+                self._handler_failed()
+                continue
+            if pending is not None:
+                self._wait_for(pending)
+                return
+        self._idle()
+
+    def _idle(self) -> None:
+        self._busy = False
+        if self._disconnect_code is not None:
+            code, self._disconnect_code = self._disconnect_code, None
+            self._notify_disconnect(code)
 
     async def _drain_inbox(self, first: Awaitable[None]) -> None:
         """Await a handler, then hand over queued messages one at a time, in order."""
@@ -240,11 +271,13 @@ class Inbound(WsBase):
                 except Exception:
                     self._handler_failed()
                     pending = None
-        finally:
-            self._busy = False
-            if self._disconnect_code is not None:
-                code, self._disconnect_code = self._disconnect_code, None
-                self._notify_disconnect(code)
+                if type(pending) is Completion:
+                    pending.then(self._next_message)  # busy until it calls back
+                    return
+        except BaseException:
+            self._idle()
+            raise
+        self._idle()
 
     def _handler_failed(self) -> None:
         # The handler's bug: log it here, tell the client only "internal error".

@@ -67,7 +67,8 @@ class WsProtocol(Facade, Outbound, Lossy, Inbound, Guards, Refresh, Timers):
         log.debug("ws %d open %s from %s", self.id, self.request.path, self.remote)
         result = self._endpoint.on_connect(self)
         if result is not None:
-            self._run(result)
+            self._busy = True  # messages wait in the inbox until on_connect is done
+            self._wait_for(result)
 
     def data_received(self, data: bytes) -> None:
         now = self._state.loop.time()

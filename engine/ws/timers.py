@@ -91,6 +91,7 @@ class Timers(WsBase):
         if now < idle_until:
             self._set_deadline(idle_until)  # traffic arrived: not idle yet
             return
+        self._conn.shed()  # idle for a heartbeat: its parser need not wait with it
         self._ping_payload = self.id.to_bytes(8, "big") + int(now * 1000).to_bytes(8, "big")
         self._queue(self._conn.ping(self._ping_payload))
         self._pong_deadline = now + config.heartbeat_timeout

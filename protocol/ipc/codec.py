@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import threading
 import types
 import typing
 from collections.abc import Callable
@@ -62,54 +63,81 @@ WORKER_RECEIVES: dict[str, type] = {
     )
 }
 
-Validator = Callable[[Any, str], Any]
+Validator = Callable[[Any], Any]
 
 
 class _Bad(Exception):
-    def __init__(self, path: str, expected: str) -> None:
-        super().__init__(f"{path}: expected {expected}")
+    """A value that is not what its field declares. ``where`` is its path below the
+    message (``.service.http[0].path``), filled in on the way out: a valid message
+    builds no path strings at all."""
+
+    def __init__(self, expected: str) -> None:
+        super().__init__(expected)
+        self.expected = expected
+        self.where = ""
+
+    def under(self, step: str) -> _Bad:
+        self.where = step + self.where
+        return self
 
 
 def _scalar(kind: type, name: str) -> Validator:
-    def check(value: Any, path: str) -> Any:
-        # type() and not isinstance(): bool is an int, and must not pass for one.
+    if kind is int:
+
+        def check_int(value: Any) -> Any:
+            # type() and not isinstance(): bool is an int, and must not pass for one.
+            if type(value) is not int:
+                raise _Bad(name)
+            if not -_MAX_INT <= value <= _MAX_INT:
+                raise _Bad("a 64-bit integer")
+            return value
+
+        return check_int
+
+    def check(value: Any) -> Any:
         if type(value) is not kind:
-            raise _Bad(path, name)
-        if kind is int and not -_MAX_INT <= typing.cast(int, value) <= _MAX_INT:
-            raise _Bad(path, "a 64-bit integer")
+            raise _Bad(name)
         return value
 
     return check
 
 
-def _float(value: Any, path: str) -> Any:
+def _float(value: Any) -> Any:
     if type(value) is int:
         return float(value)
     if type(value) is not float or not math.isfinite(value):
-        raise _Bad(path, "a finite number")
+        raise _Bad("a finite number")
     return value
 
 
-def _json_like(value: Any, path: str, depth: int = 0) -> Any:
+def _json_like(value: Any, depth: int = 0) -> Any:
     """``Any`` fields carry JSON-shaped data: maps with text keys, arrays, scalars."""
     if depth > MAX_DEPTH:
-        raise _Bad(path, f"nesting at most {MAX_DEPTH} deep")
+        raise _Bad(f"nesting at most {MAX_DEPTH} deep")
     kind = type(value)
-    if kind in (str, int, bool) or value is None:
+    if kind is str or kind is int or kind is bool or value is None:
         return value
     if kind is float:
         if not math.isfinite(value):
-            raise _Bad(path, "a finite number")
+            raise _Bad("a finite number")
         return value
     if kind is list:
-        return [_json_like(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
+        for i, v in enumerate(value):
+            try:
+                _json_like(v, depth + 1)
+            except _Bad as exc:
+                raise exc.under(f"[{i}]") from None
+        return value
     if kind is dict:
         for k, v in value.items():
             if type(k) is not str:
-                raise _Bad(path, "text keys")
-            _json_like(v, f"{path}.{k}", depth + 1)
+                raise _Bad("text keys")
+            try:
+                _json_like(v, depth + 1)
+            except _Bad as exc:
+                raise exc.under(f".{k}") from None
         return value
-    raise _Bad(path, "JSON-like data")
+    raise _Bad("JSON-like data")
 
 
 def _validator(hint: Any) -> Validator:
@@ -127,38 +155,54 @@ def _validator(hint: Any) -> Validator:
             raise TypeError(f"unsupported union {hint}")
         check_inner = _validator(inner[0])
 
-        def optional(value: Any, path: str) -> Any:
-            return None if value is None else check_inner(value, path)
+        def optional(value: Any) -> Any:
+            return None if value is None else check_inner(value)
 
         return optional
     if origin is list:
         (item,) = args
         check_item = _validator(item)
 
-        def list_of(value: Any, path: str) -> Any:
+        def list_of(value: Any) -> Any:
             if type(value) is not list:
-                raise _Bad(path, "an array")
-            return [check_item(v, f"{path}[{i}]") for i, v in enumerate(value)]
+                raise _Bad("an array")
+            out = []
+            for i, v in enumerate(value):
+                try:
+                    out.append(check_item(v))
+                except _Bad as exc:
+                    raise exc.under(f"[{i}]") from None
+            return out
 
         return list_of
     if origin is tuple:
         checks = [_validator(a) for a in args]
 
-        def fixed(value: Any, path: str) -> Any:
+        def fixed(value: Any) -> Any:
             if type(value) is not list or len(value) != len(checks):
-                raise _Bad(path, f"an array of {len(checks)}")
-            return tuple(
-                c(v, f"{path}[{i}]") for i, (c, v) in enumerate(zip(checks, value, strict=True))
-            )
+                raise _Bad(f"an array of {len(checks)}")
+            out = []
+            for i, (c, v) in enumerate(zip(checks, value, strict=True)):
+                try:
+                    out.append(c(v))
+                except _Bad as exc:
+                    raise exc.under(f"[{i}]") from None
+            return tuple(out)
 
         return fixed
     if origin is dict:
         key_check, value_check = (_validator(a) for a in args)
 
-        def map_of(value: Any, path: str) -> Any:
+        def map_of(value: Any) -> Any:
             if type(value) is not dict:
-                raise _Bad(path, "a map")
-            return {key_check(k, path): value_check(v, f"{path}.{k}") for k, v in value.items()}
+                raise _Bad("a map")
+            out = {}
+            for k, v in value.items():
+                try:
+                    out[key_check(k)] = value_check(v)
+                except _Bad as exc:
+                    raise exc.under(f".{k}") from None
+            return out
 
         return map_of
     if dataclasses.is_dataclass(hint):
@@ -176,33 +220,62 @@ def _struct(cls: type) -> Validator:
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.name in hints]
     checks = {f.name: _validator(hints[f.name]) for f in fields}
-    required = {
+    required = frozenset(
         f.name
         for f in fields
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    }
-    allowed = set(checks) | {"t"}
+    )
+    checks_get = checks.get
+    # Fields of one scalar type (or None): a value of exactly that type needs no
+    # validator call (ints still get their range check), the common case by far.
+    fast_get = {f.name: k for f in fields if (k := _plain_kind(hints[f.name])) is not None}.get
 
-    def build(value: Any, path: str) -> Any:
+    def build(value: Any) -> Any:
         if type(value) is not dict:
-            raise _Bad(path, "a map")
-        for key in value:
-            if key not in allowed:
-                raise _Bad(f"{path}.{key}", "no such field")
-        missing = required - value.keys()
-        if missing:
-            raise IpcProtocolError(
-                IpcError.MISSING_FIELD, f"{path}.{sorted(missing)[0]} is required"
-            )
-        kwargs = {
-            name: check(value[name], f"{path}.{name}")
-            for name, check in checks.items()
-            if name in value
-        }
+            raise _Bad("a map")
+        kwargs = {}
+        for name, item in value.items():
+            kind = fast_get(name)
+            if (
+                kind is not None
+                and type(item) is kind
+                and (kind is not int or -_MAX_INT <= typing.cast(int, item) <= _MAX_INT)
+            ):
+                kwargs[name] = item
+                continue
+            check = checks_get(name)
+            if check is None:
+                if name == "t":
+                    continue
+                raise _Bad("no such field").under(f".{name}")
+            try:
+                kwargs[name] = check(item)
+            except _Bad as exc:
+                raise exc.under(f".{name}") from None
+        if len(kwargs) < len(required) or not required <= kwargs.keys():
+            missing = sorted(required - kwargs.keys())[0]
+            raise _Missing(missing)
         return cls(**kwargs)
 
     _STRUCTS[cls] = build
     return build
+
+
+def _plain_kind(hint: Any) -> type | None:
+    """``int``, ``str``, ``bytes`` or ``bool`` for a field of that type (optional or
+    not), else None."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = inner[0] if len(inner) == 1 else None
+    return hint if hint in (int, str, bytes, bool) else None
+
+
+class _Missing(_Bad):
+    """A required field is absent (its own error code, MISSING_FIELD)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__("")
+        self.where = f".{name}"
 
 
 for _cls in {**ENGINE_RECEIVES, **WORKER_RECEIVES}.values():
@@ -224,6 +297,23 @@ _NO_SEMANTICS = dict.fromkeys(
 )
 
 
+#: One decoder per thread, given each body in turn: building a CBORDecoder with its
+#: options costs more than decoding a reply with it.
+_LOCAL = threading.local()
+
+
+def _new_decoder() -> Any:
+    return cbor2.CBORDecoder(
+        io.BytesIO(b""),
+        tag_hook=_reject_tag,
+        semantic_decoders=_NO_SEMANTICS,
+        allow_indefinite=False,
+        allow_duplicate_keys=False,
+        strict_hashable_types=True,
+        max_depth=MAX_DEPTH,
+    )
+
+
 def decode(body: bytes, receives: dict[str, type]) -> Any:
     """One frame body → a message object of a type in ``receives``.
 
@@ -231,17 +321,15 @@ def decode(body: bytes, receives: dict[str, type]) -> Any:
         IpcProtocolError: for any body that is not a valid message (see ``IpcError``).
     """
     stream = io.BytesIO(body)
+    local = _LOCAL
+    decoder: Any = getattr(local, "decoder", None)
     try:
-        item = cbor2.CBORDecoder(
-            stream,
-            tag_hook=_reject_tag,
-            semantic_decoders=_NO_SEMANTICS,
-            allow_indefinite=False,
-            allow_duplicate_keys=False,
-            strict_hashable_types=True,
-            max_depth=MAX_DEPTH,
-        ).decode()
+        if decoder is None:
+            decoder = local.decoder = _new_decoder()
+        decoder.fp = stream
+        item = decoder.decode()
     except Exception as exc:
+        local.decoder = None  # never reuse a decoder an error left half-way
         # cbor2 raises CBORDecodeError, and on hostile input also ValueError,
         # OverflowError, RecursionError...: all of them mean "not our CBOR".
         text = f"{exc} ({exc.__cause__})" if exc.__cause__ else str(exc)
@@ -255,9 +343,14 @@ def decode(body: bytes, receives: dict[str, type]) -> Any:
     if cls is None:
         raise IpcProtocolError(IpcError.UNKNOWN_TYPE, f"unknown message type {item['t']!r}")
     try:
-        return _STRUCTS[cls](item, item["t"])
+        return _STRUCTS[cls](item)
+    except _Missing as exc:
+        raise IpcProtocolError(
+            IpcError.MISSING_FIELD, f"{item['t']}{exc.where} is required"
+        ) from None
     except _Bad as exc:
-        raise IpcProtocolError(IpcError.BAD_FIELD, str(exc)) from None
+        where = f"{item['t']}{exc.where}"
+        raise IpcProtocolError(IpcError.BAD_FIELD, f"{where}: expected {exc.expected}") from None
 
 
 def _is_profile_error(text: str) -> bool:
@@ -302,19 +395,36 @@ def _plain(value: Any) -> Any:
 
 
 def _to_map(msg: Any) -> dict[str, Any]:
-    tag, fields = _layout(type(msg))
-    out: dict[str, Any] = {} if tag is None else {"t": tag}
-    for name, default, empty_default in fields:
-        value = getattr(msg, name)
+    writer = _WRITERS.get(type(msg))
+    if writer is None:
+        writer = _WRITERS[type(msg)] = _writer(type(msg))
+    return writer(msg)
+
+
+#: Per class, a function from a message to its map, generated from its layout: a
+#: message is encoded on every request and reply, and a loop over the fields with
+#: getattr and three comparisons each costs more than cbor2 itself.
+_WRITERS: dict[type, Callable[[Any], dict[str, Any]]] = {}
+
+
+def _writer(cls: type) -> Callable[[Any], dict[str, Any]]:
+    tag, fields = _layout(cls)
+    lines = ["def write(msg):\n    out = {} if TAG is None else {'t': TAG}"]
+    names: dict[str, Any] = {"TAG": tag, "_SCALARS": _SCALARS, "_plain": _plain}
+    for i, (name, default, empty_default) in enumerate(fields):
         # Omit what the receiver would default anyway: smaller frames, same meaning.
-        if value is None or value is default or (empty_default and not value):
-            continue
-        if default is not _OMIT and value == default:
-            continue
-        if type(value) not in _SCALARS:
-            value = _plain(value)
-        out[name] = value
-    return out
+        test = "v is not None"
+        if empty_default:
+            test += " and v"
+        if default is not _OMIT:
+            names[f"D{i}"] = default
+            test += f" and v is not D{i} and v != D{i}"
+        lines.append(f"    v = msg.{name}")
+        lines.append(f"    if {test}:")
+        lines.append(f"        out[{name!r}] = v if type(v) in _SCALARS else _plain(v)")
+    lines.append("    return out")
+    exec("\n".join(lines), names)
+    return typing.cast(Callable[[Any], dict[str, Any]], names["write"])
 
 
 def encode(msg: Any) -> bytes:

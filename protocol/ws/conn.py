@@ -103,7 +103,10 @@ class WsConn:
             self._deflater = ConnectionDeflater(deflate, opts.level, opts.mem_level)
         # wsproto's frame parser without its Connection wrapper: we keep the close
         # state ourselves, and the wrapper's event deque cost ~900 bytes per connection.
-        self._proto = FrameProtocol(False, [self._guard])
+        # Made at the first byte received, and dropped again by ``shed`` while idle:
+        # its five objects and a generator are ~700 bytes a connection that is only
+        # listening need not hold.
+        self._proto: FrameProtocol | None = None
         self._eof = False
         self._state = WsState.OPEN
         # Created on first use: most idle connections never owe a frame or receive a
@@ -172,8 +175,24 @@ class WsConn:
             return  # §7.1.1: after the handshake, bytes are discarded.
         if data is None:
             self._eof = True
-        else:
-            self._proto.receive_bytes(data)
+        elif data:
+            proto = self._proto
+            if proto is None:
+                proto = self._proto = FrameProtocol(False, [self._guard])
+            proto.receive_bytes(data)
+
+    def shed(self) -> bool:
+        """Drop the frame parser if it sits between two frames (nothing buffered,
+        no message half-received): an idle connection's memory. The next byte makes
+        a new one. True if it was dropped."""
+        proto = self._proto
+        if proto is None or proto is _RELEASED or self._parts is not None:
+            return False
+        frames = proto._frame_decoder
+        if frames.header is not None or len(frames.buffer) or proto._message_decoder.opcode:
+            return False
+        self._proto = None
+        return True
 
     def events(self, limit: int = 0) -> Iterator[WsEvent]:
         """Parse what was received into events; replies owed are in ``data_to_send()``.
@@ -190,7 +209,11 @@ class WsConn:
         if self._state is WsState.CLOSED:
             return
         self.stalled = False
-        frames = self._proto.received_frames() if limit <= 0 else self._frames(limit)
+        proto = self._proto
+        if proto is None:
+            frames: Iterator[Frame] = iter(())  # nothing received since the last shed
+        else:
+            frames = proto.received_frames() if limit <= 0 else self._frames(proto, limit)
         try:
             for frame in frames:
                 opcode = frame.opcode
@@ -243,8 +266,8 @@ class WsConn:
             self._state = WsState.CLOSED
             yield PeerClosed(CloseCode.ABNORMAL, "")
 
-    def _frames(self, limit: int) -> Iterator[Frame]:
-        for count, frame in enumerate(self._proto.received_frames(), 1):
+    def _frames(self, proto: FrameProtocol, limit: int) -> Iterator[Frame]:
+        for count, frame in enumerate(proto.received_frames(), 1):
             yield frame
             if count >= limit:
                 self.stalled = True  # wsproto keeps its place: the next call resumes

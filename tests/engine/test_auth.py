@@ -61,8 +61,9 @@ def test_claims_become_the_auth_map() -> None:
 @pytest.mark.parametrize(
     ("token", "message"),
     [
+        # Built at collection, run minutes later in a full suite: nbf a day ahead.
         (hs({"exp": int(time.time()) - 120}), "token expired"),
-        (hs({"nbf": int(time.time()) + 120}), "token not valid yet"),
+        (hs({"nbf": int(time.time()) + 86400}), "token not valid yet"),
         (hs({}, secret="another-secret-that-is-32-bytes-long"), "invalid token"),
         (hs({"sub": None}), "invalid token"),
         ("not.a.token", "malformed token"),
@@ -272,3 +273,21 @@ async def test_emit_to_a_user_reaches_every_tab_of_that_user_only(tmp_path: Path
                 assert got.pop("epoch") and got == orjson.loads(payload)
             with pytest.raises(TimeoutError):
                 await other.recv_frame(timeout=0.3)
+
+
+def test_a_flood_of_bad_tokens_is_logged_within_a_budget(caplog: pytest.LogCaptureFixture) -> None:
+    """Each refusal is a 401, but not each a log line: 200 bad tokens in a burst leave
+    at most the burst of lines, and the next line says how many were held back."""
+    auth = Authenticator(secret=SECRET)
+    bad = hs({"sub": "mallory"}, secret="not-the-secret-of-the-engine-32b!")
+    with caplog.at_level("INFO", logger="linkd.auth"):
+        for _ in range(200):
+            with pytest.raises(AuthError):
+                auth.verify(bad)
+    lines = [r for r in caplog.records if "token refused" in r.getMessage()]
+    assert 1 <= len(lines) <= 25, len(lines)
+    auth._refusals._bucket.stamp -= 10.0  # as if time passed: the next one goes out
+    with caplog.at_level("INFO", logger="linkd.auth"), pytest.raises(AuthError):
+        auth.verify(bad)
+    last = [r for r in caplog.records if "token refused" in r.getMessage()][-1].getMessage()
+    assert "earlier not logged" in last and "(0 earlier" not in last

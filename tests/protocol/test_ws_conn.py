@@ -121,6 +121,32 @@ def test_byte_by_byte_delivery() -> None:
     assert events == [PingReceived(b"p"), TextMessage("abcd")]
 
 
+def test_an_idle_connection_sheds_its_parser_and_parses_on_after() -> None:
+    """``shed`` drops the frame parser only between frames: a partial frame, a
+    fragmented message or compressed context survive, and parsing goes on after."""
+    conn = make_conn(deflate_params())
+    assert not conn.shed()  # nothing received yet: there is no parser to drop
+    assert feed(conn, frame(TEXT, b"one")) == [TextMessage("one")]
+    assert conn.shed()
+    whole = frame(TEXT, b"two")
+    assert feed(conn, whole[:3]) == []
+    assert not conn.shed()  # half a frame is buffered
+    assert feed(conn, whole[3:]) == [TextMessage("two")]
+    assert feed(conn, frame(TEXT, b"thr", fin=False)) == []
+    assert not conn.shed()  # half a message
+    assert feed(conn, frame(CONT, b"ee")) == [TextMessage("three")]
+    assert conn.shed()
+    # Compressed with context takeover: the second message refers back to the first
+    # (the inflater is not the parser's, it stays).
+    comp = zlib.compressobj(6, zlib.DEFLATED, -15)
+    first = (comp.compress(b"hello hello") + comp.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    second = (comp.compress(b"hello hello") + comp.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    assert len(second) < len(first)
+    assert feed(conn, frame(TEXT, first, rsv1=True)) == [TextMessage("hello hello")]
+    assert conn.shed()
+    assert feed(conn, frame(TEXT, second, rsv1=True)) == [TextMessage("hello hello")]
+
+
 def test_ping_interleaved_in_fragmented_message() -> None:
     conn = make_conn()
     events = feed(conn, frame(TEXT, b"part1-", fin=False) + frame(PING, b"hb"))
