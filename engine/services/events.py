@@ -148,15 +148,13 @@ class EventRouter:
             self._finished(entry, delivery, outcome)
 
         call = Call(entry, make, done)
+        call.deadline = loop.time() + registry.request_timeout  # kept by the worker
         try:
             worker.send_call(call)
         except ServiceError as error:
             # At the next turn: a retry pumps again, and must not recurse into a worker
             # that refuses the same way at once.
             loop.call_soon(done, error)
-            return
-        call.deadline = loop.time() + registry.request_timeout
-        registry.state.sweeper.schedule(call)
 
     def _finished(self, entry: ServiceEntry, delivery: Delivery, outcome: Outcome) -> None:
         error = outcome if isinstance(outcome, ServiceError) else None

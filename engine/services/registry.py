@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -44,6 +45,8 @@ class ServiceEntry:
         self.workers: list[Worker] = []
         self.queue: deque[Call] = deque()
         self._rr = 0
+        #: The deadline of the oldest queued call (the sweeper calls back then).
+        self.deadline = math.inf
         #: Undo functions for the routes mounted for this registration.
         self.unmount: list[Callable[[], None]] = []
 
@@ -75,7 +78,10 @@ class ServiceEntry:
             ServiceError: SERVICE_UNAVAILABLE or OVERLOADED, at once.
         """
         registry = self.registry
+        state = registry.state
         call = Call(self, make, done)
+        call.started = started = state.loop.time()
+        call.deadline = started + registry.request_timeout
         worker = self.pick()
         if worker is None:
             if not self.live_workers():
@@ -85,12 +91,11 @@ class ServiceEntry:
             if len(self.queue) >= registry.max_queue:
                 raise ServiceError(ErrorCode.OVERLOADED, f"service {self.name} is overloaded")
             self.queue.append(call)
+            if self.deadline == math.inf:
+                self.deadline = call.deadline  # the head's: the queue is in deadline order
+                state.sweeper.schedule(self)
         else:
             worker.send_call(call)  # raises if it could not go: nothing to undo
-        state = registry.state
-        call.started = started = state.loop.time()
-        call.deadline = started + registry.request_timeout
-        state.sweeper.schedule(call)
         return call
 
     async def call(self, make: MakeRequest) -> m.Reply:
@@ -112,10 +117,21 @@ class ServiceEntry:
         return outcome
 
     def finished(self, call: Call) -> None:
-        state = self.registry.state
-        state.sweeper.cancel(call)
         if call.started:
+            state = self.registry.state
             state.metrics.observe_ipc(self.name, state.loop.time() - call.started)
+
+    def on_deadline(self, now: float) -> None:
+        """Queued calls past their deadline fail with TIMEOUT (oldest first: they were
+        queued in deadline order); then wait for the new head's."""
+        self.deadline = math.inf
+        queue = self.queue
+        while queue and (queue[0].finished or queue[0].deadline <= now):
+            call = queue.popleft()
+            call.fail(ServiceError(ErrorCode.TIMEOUT, "the service did not answer"))
+        if queue:
+            self.deadline = queue[0].deadline
+            self.registry.state.sweeper.schedule(self)
 
     def notify(self, msg: Any) -> None:
         """A one-way message (disconnect, presence) to a live worker; dropped if none."""
@@ -223,7 +239,7 @@ class Registry:
 
     def new_worker(self, proto: Link) -> Worker:
         self._next_worker += 1
-        worker = Worker(self._next_worker, proto)
+        worker = Worker(self._next_worker, proto, self.state.sweeper)
         self.workers[worker.id] = worker
         return worker
 

@@ -2,19 +2,20 @@
 
 A request (HTTP action, WebSocket connect or message) becomes a ``Call``; the registry
 (engine/services/registry.py) picks its worker or queues it. Every call has one
-deadline on the engine's sweeper (→ TIMEOUT). A worker that goes away fails its calls
-in flight with SERVICE_UNAVAILABLE; queued calls wait for the others.
+deadline (→ TIMEOUT), kept by its worker (or its service while queued). A worker that
+goes away fails its calls in flight with SERVICE_UNAVAILABLE; queued calls wait for the
+others.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from engine.core.sweeper import Sweeper
 from protocol import ErrorCode, LocalProtocolError
 from protocol.ipc import PeerFrameTooLarge
 from protocol.ipc import messages as m
@@ -73,7 +74,9 @@ Done = Callable[[Outcome], None]
 class Call:
     """One request to a service, from queueing to its reply (or failure).
 
-    It ends exactly once, by ``settle``: a reply, a timeout, the worker gone. ``done``
+    It ends exactly once, by ``settle``: a reply, a timeout, the worker gone. Its
+    ``deadline`` is kept by its worker, or its service while queued: one timer each on
+    the sweeper for all their calls, not one per call. ``done``
     is a plain callback run right there (in the IPC read that brought the reply), not a
     future: a WebSocket message's ack is built and queued without a task, a future or
     a loop turn in between (docs/architecture.md, "the worker hop").
@@ -105,22 +108,13 @@ class Call:
 
     def abandon(self) -> None:
         """Nobody waits any more (the caller was cancelled): let go of the request now;
-        a late reply is dropped. The timer wheel no longer holds the call."""
+        a late reply is dropped."""
         self.done = None
-        self.deadline = math.inf
+        # The deadline stays: an abandoned call in flight still holds a slot of its
+        # worker until the reply comes or the deadline passes.
         self.make = _spent
         self.worker = None
         self.entry.finished(self)
-
-    def on_deadline(self, now: float) -> None:
-        if self.done is None:
-            return
-        if self.worker is not None:
-            self.worker.expire(self)
-        else:
-            with contextlib.suppress(ValueError):
-                self.entry.queue.remove(self)
-        self.settle(ServiceError(ErrorCode.TIMEOUT, "the service did not answer"))
 
     def fail(self, error: ServiceError) -> None:
         self.settle(error)
@@ -129,11 +123,25 @@ class Call:
 class Worker:
     """The engine's view of one connected worker process."""
 
-    __slots__ = ("_next_id", "capacity", "draining", "entry", "id", "in_flight", "pid", "proto")
+    __slots__ = (
+        "_next_id",
+        "_timers",
+        "capacity",
+        "deadline",
+        "draining",
+        "entry",
+        "id",
+        "in_flight",
+        "pid",
+        "proto",
+    )
 
-    def __init__(self, worker_id: int, proto: Link) -> None:
+    def __init__(self, worker_id: int, proto: Link, timers: Sweeper) -> None:
         self.id = worker_id
         self.proto = proto
+        self._timers = timers
+        #: The earliest deadline of its calls in flight (when the sweeper calls back).
+        self.deadline = math.inf
         self.entry: Pool | None = None
         self.in_flight: dict[int, Call] = {}
         self.capacity = 1
@@ -156,6 +164,9 @@ class Worker:
         call.id = self._next_id
         call.worker = self
         self.in_flight[call.id] = call
+        if call.deadline < self.deadline:
+            self.deadline = call.deadline
+            self._timers.schedule(self)
         try:
             self.proto.send(call.make(call.id))
         except PeerFrameTooLarge:
@@ -180,13 +191,26 @@ class Worker:
         if self.entry is not None:
             self.entry.pump()
 
-    def expire(self, call: Call) -> None:
-        self.in_flight.pop(call.id, None)
-        self.proto.expire(call.id)
-        if self.entry is not None:
+    def on_deadline(self, now: float) -> None:
+        """Calls in flight past their deadline fail with TIMEOUT (their late replies
+        are dropped); then wait for the next earliest."""
+        self.deadline = math.inf
+        in_flight = self.in_flight
+        late = [call for call in in_flight.values() if call.deadline <= now]
+        for call in late:
+            del in_flight[call.id]
+            self.proto.expire(call.id)
+            call.fail(ServiceError(ErrorCode.TIMEOUT, "the service did not answer"))
+        earliest = min((call.deadline for call in in_flight.values()), default=math.inf)
+        if earliest < self.deadline:
+            self.deadline = earliest
+            self._timers.schedule(self)
+        if late and self.entry is not None:
             self.entry.pump()
 
     def fail_all(self) -> None:
         calls, self.in_flight = list(self.in_flight.values()), {}
+        self.deadline = math.inf
+        self._timers.cancel(self)
         for call in calls:
             call.fail(ServiceError(ErrorCode.SERVICE_UNAVAILABLE, "the service worker went away"))

@@ -201,6 +201,29 @@ async def test_queued_calls_fail_when_the_last_worker_dies(ipc_path: str) -> Non
 
 
 # ------------------------------------------------------------------- timeouts
+async def test_the_worker_timer_moves_on_to_its_next_call(ipc_path: str) -> None:
+    """Deadlines are kept per worker (and per service queue), not per call: the call in
+    flight times out, the queued one takes its slot with the deadline it was given when
+    it queued, and times out then; a call after them gets its reply."""
+    overrides = {"worker_concurrency": 1, "service_queue": 4, "request_timeout": 0.4}
+    async with cluster(ipc_path, 1, **overrides) as (engine, (worker,), gate, _):
+        started = time.monotonic()
+        first = asyncio.create_task(http_get(engine, "/svc/hold"))
+        await gate.wait_held(1)
+        queued = asyncio.create_task(http_get(engine, "/svc/hold"))
+        await asyncio.sleep(0.05)
+        assert served_by(worker) == 1  # the second waits in the queue
+        for resp in await asyncio.gather(first, queued):
+            assert resp.status == 504, resp.body
+            assert resp.json()["error"]["code"] == "TIMEOUT"
+        # Not 0.8 s: the second's deadline ran from when it was queued.
+        assert 0.4 <= time.monotonic() - started < 0.75
+        assert len(gate.held) == 2
+        gate.release()  # the late reply is dropped; the worker serves the next call
+        resp = await http_get(engine, "/svc/quick")
+        assert resp.status == 200, resp.body
+
+
 async def test_timeout_then_late_reply_is_dropped(
     ipc_path: str, caplog: pytest.LogCaptureFixture
 ) -> None:
