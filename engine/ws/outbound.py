@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 
 from engine.limits.slow import Policy
-from engine.ws.base import WsBase
+from engine.ws.base import PAUSE_WRITE, WsBase
 from protocol import CloseCode
 from protocol.ws import OutboundMessage, WsState
 
@@ -75,7 +75,12 @@ class Outbound(WsBase):
         state = self._state
         frame = self._frame(message)
         size = len(frame)
-        if transport.get_write_buffer_size() + size > state.limits.max_outbound_bytes:
+        limits = state.limits
+        # Not paused, the transport holds at most write_high_water: then a frame that
+        # fits in the rest cannot pass the cap, and the C call per delivery is saved.
+        if (
+            self._paused & PAUSE_WRITE or size > limits.max_outbound_bytes - limits.write_high_water
+        ) and transport.get_write_buffer_size() + size > limits.max_outbound_bytes:
             state.metrics.dropped_messages += 1
             self._slow_consumer()
             return True  # it was sent to us; the connection is what failed
