@@ -68,12 +68,13 @@ class Outbound(WsBase):
             or self._closed
             or transport is None
             or not self._conn.raw_allowed
-        ):
+        ):  # the rare cases: the corked path, then written
             sent = self.send_prepared(message, policy, key)
             self.flush()
             return sent
         state = self._state
-        frame = self._frame(message)
+        conn = self._conn
+        frame = message.plain if conn.deflate is None else self._frame(message)
         size = len(frame)
         limits = state.limits
         # Not paused, the transport holds at most write_high_water: then a frame that
