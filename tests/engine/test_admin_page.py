@@ -305,3 +305,26 @@ def test_hostile_input_on_the_websocket_gets_a_close(name: str, send: Any, code:
             assert room["memberCount"] == 0 and room["members"] == []
             ws.send(json.dumps({"type": "disconnect", "connection": 999_999}))
             assert next_of(ws, "disconnected")["disconnected"] == 0
+
+
+def test_at_most_eight_admin_pages_are_open_at_once() -> None:
+    """Each page costs a snapshot a second: the ninth is refused with 503 until one of
+    the eight closes."""
+    with admin_engine() as eng:
+        cookie = eng.session()
+        with contextlib.ExitStack() as pages:
+            for _ in range(8):
+                next_of(pages.enter_context(eng.ws(cookie)), "hello")
+            with pytest.raises(InvalidStatus) as refused:
+                eng.ws(cookie).close()
+            assert refused.value.response.status_code == 503
+            pages.close()  # all eight go
+            deadline = time.monotonic() + 5.0
+            while True:  # the engine sees the closes within a moment
+                try:
+                    with eng.ws(cookie) as again:
+                        assert next_of(again, "hello")["type"] == "hello"
+                    break
+                except InvalidStatus:
+                    assert time.monotonic() < deadline, "a page slot was never freed"
+                    time.sleep(0.1)
