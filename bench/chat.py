@@ -61,24 +61,13 @@ import orjson
 from . import chat_report as report
 from .chat_load import LoadSpec, load_process
 from .chat_servers import PROTOCOL, SERVERS, Server, ensure_node_modules, start_server, stop_server
-from .ipc import RESULTS_DIR, ROOT, free_port, machine
+from .cli import cpu_arg, names_arg, output_path
+from .ipc import ROOT, free_port, machine
 
 __all__ = ["build_parser", "main"]
 
 PHASES = ("rate", "saturation")
 QUICK = {"clients": 200, "warmup": 1.0, "duration": 3.0}
-
-
-def _split(value: str, allowed: Sequence[str]) -> list[str]:
-    items = [s.strip() for s in value.split(",") if s.strip()]
-    for item in items:
-        if item not in allowed:
-            raise argparse.ArgumentTypeError(f"{item!r}: one of {', '.join(allowed)}")
-    return items
-
-
-def _cpu_arg(value: str) -> int | None:
-    return None if value.lower() in ("", "none", "-") else int(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,13 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--servers",
-        type=lambda v: _split(v, SERVERS),
+        type=names_arg(SERVERS),
         default=list(SERVERS),
         help="comma-separated: linkd, socketio, node (all)",
     )
     p.add_argument(
         "--phases",
-        type=lambda v: _split(v, PHASES),
+        type=names_arg(PHASES),
         default=list(PHASES),
         help="comma-separated: rate, saturation (both)",
     )
@@ -137,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="websockets-sansio",
         help="uvicorn's WebSocket protocol for python-socketio (websockets-sansio: its auto)",
     )
-    p.add_argument("--server-cpu", type=_cpu_arg, default=0, help="core of the servers (0)")
-    p.add_argument("--load-cpu", type=_cpu_arg, default=1, help="core of the load (1)")
+    p.add_argument("--server-cpu", type=cpu_arg, default=0, help="core of the servers (0)")
+    p.add_argument("--load-cpu", type=cpu_arg, default=1, help="core of the load (1)")
     p.add_argument("--output", help="JSON path (bench/results/chat-<date>.json)")
     return p
 
@@ -243,18 +232,6 @@ def run_server(name: str, args: argparse.Namespace, tmp: Path) -> list[dict[str,
             server_log_tail=log_tail,
         )
     return rows
-
-
-def output_path(requested: str | None) -> Path:
-    if requested:
-        return Path(requested)
-    day = dt.date.today().isoformat()
-    path = RESULTS_DIR / f"chat-{day}.json"
-    n = 2
-    while path.exists():
-        path = RESULTS_DIR / f"chat-{day}-{n}.json"
-        n += 1
-    return path
 
 
 def _versions(servers: Sequence[str], node_socketio: str | None) -> dict[str, str]:
@@ -371,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "wall_seconds": time.monotonic() - began,
         "loadavg_end": list(os.getloadavg()),
     }
-    path = output_path(args.output)
+    path = output_path(args.output, "chat")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
     print(report.table(rows))

@@ -27,7 +27,6 @@ import datetime as dt
 import http.client
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
@@ -38,14 +37,11 @@ from typing import Any
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
+from bench.cli import output_path
+from bench.ipc import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 ROOM = "bench-room"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def pin(cpu: int) -> None:
@@ -183,7 +179,7 @@ def main() -> None:
     print("| setup | deliveries | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['deliveries']:,} | {r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} |")
-    output = Path(args.output or REPO / f"bench/results/crossnode-{dt.date.today()}.json")
+    output = output_path(args.output, "crossnode")
     output.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     print(f"\nwritten to {output}")
 

@@ -51,7 +51,6 @@ This module is the CLI and the report; ``bench/fanout_run.py`` runs one case,
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import os
 import shlex
@@ -67,6 +66,7 @@ from typing import Any
 import orjson
 
 from . import fanout_report as report
+from .cli import cpu_arg, names_arg, output_path
 from .fanout_peers import raise_nofile
 from .fanout_run import (
     KEPT_UP,
@@ -78,13 +78,11 @@ from .fanout_run import (
     run_case,
     servers,
 )
-from .fanout_servers import SERVERS, stop_server
+from .fanout_servers import SERVERS, stop_everything
 from .fanout_wire import MSG_SIZE, PAYLOAD_SIZE
 from .ipc import ROOT
 
 __all__ = ["build_parser", "main"]
-
-RESULTS_DIR = ROOT / "bench" / "results"
 
 
 def _ints(value: str) -> list[int]:
@@ -99,29 +97,16 @@ def _rates(value: str) -> list[tuple[int, float]]:
     return out
 
 
-def _names(allowed: Sequence[str]) -> Any:
-    def parse(value: str) -> list[str]:
-        names = [v.strip() for v in value.split(",") if v.strip()]
-        for n in names:
-            if n not in allowed:
-                raise argparse.ArgumentTypeError(f"{n!r}: choose from {', '.join(allowed)}")
-        return names
-
-    return parse
-
-
-def _cpu(value: str) -> int | None:
-    return None if value.lower() in ("", "none", "-") else int(value)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench.fanout",
         description="WebSocket fan-out: linkd against websockets and picows.",
     )
-    p.add_argument("--servers", type=_names(SERVERS), default=list(SERVERS), help=",".join(SERVERS))
     p.add_argument(
-        "--scenarios", type=_names(SCENARIOS), default=list(SCENARIOS), help=",".join(SCENARIOS)
+        "--servers", type=names_arg(SERVERS), default=list(SERVERS), help=",".join(SERVERS)
+    )
+    p.add_argument(
+        "--scenarios", type=names_arg(SCENARIOS), default=list(SCENARIOS), help=",".join(SCENARIOS)
     )
     p.add_argument(
         "--subscribers", type=_ints, default=[100, 1000, 10000], help="saturation (100,1000,10000)"
@@ -149,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--inflate-every", type=int, default=10, help="deflate: inflate on 1 connection in N"
     )
     p.add_argument("--max-outbound-buffer", type=int, default=None, help="linkd flag (default)")
-    p.add_argument("--server-cpu", type=_cpu, default=0, help="core of the servers (0)")
-    p.add_argument("--load-cpu", type=_cpu, default=1, help="core of the load (1)")
+    p.add_argument("--server-cpu", type=cpu_arg, default=0, help="core of the servers (0)")
+    p.add_argument("--load-cpu", type=cpu_arg, default=1, help="core of the load (1)")
     p.add_argument("--quick", action="store_true", help="small and short: < 2 minutes")
     p.add_argument("--plot", action="store_true", help="write PNG charts")
     p.add_argument("--output", help="JSON path (bench/results/fanout-<date>.json)")
@@ -158,28 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def output_path(requested: str | None) -> Path:
-    if requested:
-        return Path(requested)
-    day = dt.date.today().isoformat()
-    path = RESULTS_DIR / f"fanout-{day}.json"
-    n = 2
-    while path.exists():
-        path = RESULTS_DIR / f"fanout-{day}-{n}.json"
-        n += 1
-    return path
-
-
 def _cleanup() -> None:
-    for server in list(servers):
-        with contextlib.suppress(Exception):
-            stop_server(server)
-    for proc in children:
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(3)
-            if proc.is_alive():
-                proc.kill()
+    stop_everything(servers, children)
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -310,7 +275,7 @@ def _write(
         "git_revision_end": report.git("rev-parse", "HEAD"),
         "git_dirty_files_end": report.git("status", "--porcelain").splitlines(),
     }
-    path = output_path(args.output)
+    path = output_path(args.output, "fanout")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(
         orjson.dumps(report_json, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n"

@@ -31,6 +31,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import psutil
@@ -46,6 +47,7 @@ __all__ = [
     "cpu_seconds",
     "rss_bytes",
     "start_server",
+    "stop_everything",
     "stop_server",
     "write_syscalls",
 ]
@@ -265,3 +267,16 @@ def stop_server(server: Server) -> None:
     if server.ipc_path is not None:
         with contextlib.suppress(OSError):
             os.unlink(server.ipc_path)
+
+
+def stop_everything(servers: list[Server], children: Sequence[BaseProcess]) -> None:
+    """At exit or on a signal: every server still running, then every load process."""
+    for server in list(servers):
+        with contextlib.suppress(Exception):
+            stop_server(server)
+    for proc in children:
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(3)
+            if proc.is_alive():
+                proc.kill()

@@ -51,17 +51,17 @@ import orjson
 
 from protocol.limits import Limits
 
+from .cli import cpu_arg, output_path
 from .hostile_attacks import AttackSpec, attack_process
 from .hostile_clients import ClientSpec, clients_process
 from .hostile_engine import KID, Sampler, recover, start_engine, stop_engine, write_jwks
 from .hostile_report import after_table, build_rows, phase_bound, table
 from .hostile_service import ME_ROUTE, WS_PATH
-from .ipc import _cpu_arg, free_port, machine
+from .ipc import free_port, machine
 
 __all__ = ["build_parser", "main"]
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = ROOT / "bench" / "results"
 #: Attacks whose effects outlast them (in the engine before issue 10's fixes) go last.
 ECHO_PHASES = "smuggling,slowloris,garbage,conn-flood,slow-reader,fragments,ping-flood,pipeline"
 SERVICE_PHASES = "garbage,slow-reader,bad-tokens"
@@ -263,8 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a("--drain", type=float, help="seconds for late answers at the end (3; quick 2)")
     a("--tail", type=float, help="seconds an attacker reads after its attack (1; quick 0.5)")
-    a("--engine-cpu", type=_cpu_arg, default=0, help="core of the engine (0)")
-    a("--load-cpu", type=_cpu_arg, default=1, help="core of clients and attackers (1)")
+    a("--engine-cpu", type=cpu_arg, default=0, help="core of the engine (0)")
+    a("--load-cpu", type=cpu_arg, default=1, help="core of clients and attackers (1)")
     a("--attacker-nice", type=int, default=10, help="nice of the attackers (10)")
     a("--attacker-addresses", type=int, help="attackers' sources 127.0.0.2.. (8; quick 4)")
     a("--header-timeout", type=float, help="engine --header-timeout/--body-timeout (3; quick 2)")
@@ -326,16 +326,6 @@ _FULL = {
     "slowloris_connections": 200,
     "flood_connections": 2000,
 }
-
-
-def output_path(requested: str | None) -> Path:
-    if requested:
-        return Path(requested)
-    day = dt.date.today().isoformat()
-    path, n = RESULTS_DIR / f"hostile-{day}.json", 2
-    while path.exists():
-        path, n = RESULTS_DIR / f"hostile-{day}-{n}.json", n + 1
-    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -403,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ],
         "loadavg_end": list(os.getloadavg()),
     }
-    path = output_path(args.output)
+    path = output_path(args.output, "hostile")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
     print(table(rows))

@@ -66,6 +66,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import psutil
 
+from .cli import cpu_arg, output_path
 from .wsload import CONNECTING, DATA, HOST, WARMUP, LoadSpec, load_process, message_size, probe
 
 if TYPE_CHECKING:
@@ -74,7 +75,6 @@ if TYPE_CHECKING:
 __all__ = ["Scenario", "main", "ratios", "table"]
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = ROOT / "bench" / "results"
 
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
@@ -515,22 +515,6 @@ def ratio_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def output_path(requested: str | None) -> Path:
-    if requested:
-        return Path(requested)
-    day = dt.date.today().isoformat()
-    path = RESULTS_DIR / f"ipc-{day}.json"
-    n = 2
-    while path.exists():
-        path = RESULTS_DIR / f"ipc-{day}-{n}.json"
-        n += 1
-    return path
-
-
-def _cpu_arg(value: str) -> int | None:
-    return None if value.lower() in ("", "none", "-") else int(value)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench.ipc",
@@ -562,9 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the bench service's concurrency per worker (64, the SDK default)",
     )
     p.add_argument(
-        "--engine-cpu", type=_cpu_arg, default=0, help="core for the engine and workers (0)"
+        "--engine-cpu", type=cpu_arg, default=0, help="core for the engine and workers (0)"
     )
-    p.add_argument("--load-cpu", type=_cpu_arg, default=1, help="core for the load generator (1)")
+    p.add_argument("--load-cpu", type=cpu_arg, default=1, help="core for the load generator (1)")
     p.add_argument("--output", help="JSON path (bench/results/ipc-<date>.json)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -650,7 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ratios": ratio_rows,
         "loadavg_end": list(os.getloadavg()),
     }
-    path = output_path(args.output)
+    path = output_path(args.output, "ipc")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
     print(table(results))

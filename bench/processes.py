@@ -45,6 +45,7 @@ from typing import Any
 import orjson
 import psutil
 
+from .cli import output_path
 from .ipc import free_port
 from .wsload import Masker, client_handshake, parse_frames
 
@@ -320,7 +321,7 @@ def main() -> None:
             f"| {r['engine_us_per_delivery']} | {r['redis_cpu_pct']} "
             f"| {r['redis_us_per_delivery']} | {r['load_cpu_pct']} |"
         )
-    output = Path(args.output or REPO / f"bench/results/processes-{dt.date.today()}.json")
+    output = output_path(args.output, "processes")
     output.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     print(f"\nwritten to {output}")
 

@@ -55,7 +55,8 @@ import psutil
 
 from . import fanout_report
 from . import scale_report as report
-from .fanout_servers import SERVERS, stop_server
+from .cli import cpu_arg, names_arg, output_path
+from .fanout_servers import SERVERS, stop_everything
 from .fanout_wire import MSG_SIZE
 from .ipc import ROOT
 from .processes import private_redis
@@ -63,7 +64,6 @@ from .scale_run import Plan, children, run_case, servers
 
 __all__ = ["build_parser", "main"]
 
-RESULTS_DIR = ROOT / "bench" / "results"
 PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 WIDE_PORT_RANGE = (1024, 65535)
 #: Ports a source address keeps free beyond the bench's own (other connections, TIME_WAIT).
@@ -77,24 +77,14 @@ def _ints(value: str) -> list[int]:
     return [int(v.replace("_", "")) for v in value.split(",") if v.strip()]
 
 
-def _names(value: str) -> list[str]:
-    names = [v.strip() for v in value.split(",") if v.strip()]
-    for n in names:
-        if n not in SERVERS:
-            raise argparse.ArgumentTypeError(f"{n!r}: choose from {', '.join(SERVERS)}")
-    return names
-
-
-def _cpu(value: str) -> int | None:
-    return None if value.lower() in ("", "none", "-") else int(value)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench.scale", description="One room of up to 50 000 members."
     )
     p.add_argument("--sizes", type=_ints, default=[1000, 10000, 50000], help="members per room")
-    p.add_argument("--servers", type=_names, default=["linkd", "picows"], help=",".join(SERVERS))
+    p.add_argument(
+        "--servers", type=names_arg(SERVERS), default=["linkd", "picows"], help=",".join(SERVERS)
+    )
     p.add_argument("--publishes", type=int, default=5, help="single publishes timed (5)")
     p.add_argument("--pause", type=float, default=0.5, help="s between single publishes (0.5)")
     p.add_argument("-k", "--inflight", type=int, default=8, help="saturation: in flight (8)")
@@ -111,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="engine --processes for linkd at every size, with Redis (0: as the fd limit needs)",
     )
     p.add_argument("--load-procs", type=int, default=1, help="subscriber processes (1)")
-    p.add_argument("--server-cpu", type=_cpu, default=0, help="core of the servers (0)")
-    p.add_argument("--load-cpu", type=_cpu, default=1, help="core of the load (1)")
+    p.add_argument("--server-cpu", type=cpu_arg, default=0, help="core of the servers (0)")
+    p.add_argument("--load-cpu", type=cpu_arg, default=1, help="core of the load (1)")
     p.add_argument("--output", help="JSON path (bench/results/scale-<date>.json)")
     return p
 
@@ -177,28 +167,8 @@ def _sysctl(name: str) -> str:
         return "?"
 
 
-def output_path(requested: str | None) -> Path:
-    if requested:
-        return Path(requested)
-    day = dt.date.today().isoformat()
-    path = RESULTS_DIR / f"scale-{day}.json"
-    n = 2
-    while path.exists():
-        path = RESULTS_DIR / f"scale-{day}-{n}.json"
-        n += 1
-    return path
-
-
 def _cleanup() -> None:
-    for server in list(servers):
-        with contextlib.suppress(Exception):
-            stop_server(server)
-    for proc in children:
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(3)
-            if proc.is_alive():
-                proc.kill()
+    stop_everything(servers, children)
 
 
 #: The private Redis of multi-process linkd, started on first use: (URL, process).
@@ -350,7 +320,7 @@ def _write(
         "git_revision_end": fanout_report.git("rev-parse", "HEAD"),
         "git_dirty_files_end": fanout_report.git("status", "--porcelain").splitlines(),
     }
-    path = output_path(args.output)
+    path = output_path(args.output, "scale")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(
         orjson.dumps(out, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n"

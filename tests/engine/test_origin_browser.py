@@ -20,16 +20,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.browser import CHROMIUM, launch
 from tests.helpers.proc import engine_process
-
-CHROMIUM = Path(os.environ.get("CHAT_CHROMIUM", "/usr/bin/chromium"))
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 PAGE = """<!doctype html>
 <title>origin test</title>
@@ -71,23 +63,17 @@ def test_a_page_from_another_origin_cannot_connect(tmp_path: Path) -> None:
         if os.environ.get("LINKD_ALLOW_SKIP") == "1":
             pytest.skip(message)
         pytest.fail(message)
-    from playwright.sync_api import sync_playwright
-
     (tmp_path / "index.html").write_text(PAGE)
     with static_site(tmp_path) as allowed, static_site(tmp_path) as other:
         args = ["--echo", "/echo", "--allowed-origins", f"http://127.0.0.1:{allowed}"]
-        with engine_process(args) as eng, sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
-            try:
-                ws = f"ws://127.0.0.1:{eng.port}/echo"
-                results = {}
-                for name, port in (("allowed", allowed), ("other", other)):
-                    page = browser.new_page()
-                    page.goto(f"http://127.0.0.1:{port}/index.html?ws={ws}")
-                    results[name] = page.evaluate("window.result")
-                    page.close()
-            finally:
-                browser.close()
+        with engine_process(args) as eng, launch() as browser:
+            ws = f"ws://127.0.0.1:{eng.port}/echo"
+            results = {}
+            for name, port in (("allowed", allowed), ("other", other)):
+                page = browser.new_page()
+                page.goto(f"http://127.0.0.1:{port}/index.html?ws={ws}")
+                results[name] = page.evaluate("window.result")
+                page.close()
             log = eng.output()
     assert results["allowed"] == f"echo:hello from http://127.0.0.1:{allowed}"
     assert results["other"] in ("error", "closed:1006"), results
