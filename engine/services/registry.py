@@ -116,7 +116,7 @@ class ServiceEntry:
             raise outcome
         return outcome
 
-    def finished(self, call: Call) -> None:
+    def call_ended(self, call: Call) -> None:
         if call.started:
             state = self.registry.state
             state.metrics.observe_ipc(self.name, state.loop.time() - call.started)

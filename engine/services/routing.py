@@ -269,9 +269,7 @@ class ServiceWsEndpoint(WebSocketEndpoint):
         key: tuple[str, str | int, Any] | None = None
         digest = 0
         if msg_id is not None and message_type not in self.not_idempotent:
-            who: str | int = ws.user_id if ws.user_id is not None else ws.id
-            key = (self.route.path, who, msg_id)
-            digest = hash(raw)
+            key, digest = self._replay_key(ws, raw, msg_id)
             found = replay.claim(key, digest)
             if isinstance(found, bytes):
                 self.state.metrics.ws_replayed_acks += 1
@@ -383,6 +381,15 @@ class ServiceWsEndpoint(WebSocketEndpoint):
                 else:
                     self._concurrent.pop(ws.id, None)
 
+    def _replay_key(
+        self, ws: WebSocket, raw: bytes, msg_id: Any
+    ) -> tuple[tuple[str, str | int, Any], int]:
+        """A message's key in the replay cache and its digest. Anonymous: the connection
+        (a reconnection is a new one); else the user, on any of their connections to
+        this node."""
+        who: str | int = ws.user_id if ws.user_id is not None else ws.id
+        return (self.route.path, who, msg_id), hash(raw)
+
     async def _answer_once(
         self, ws: WebSocket, raw: bytes, message_type: str, msg_id: Any
     ) -> bytes | None:
@@ -392,11 +399,7 @@ class ServiceWsEndpoint(WebSocketEndpoint):
         connections of one user), exactly one runs.
         """
         replay = self.replay
-        # Anonymous: the connection (a reconnection is a new one); else the user, on
-        # any of their connections to this node.
-        who: str | int = ws.user_id if ws.user_id is not None else ws.id
-        key = (self.route.path, who, msg_id)
-        digest = hash(raw)
+        key, digest = self._replay_key(ws, raw, msg_id)
         while True:
             found = replay.claim(key, digest)
             if found is None:

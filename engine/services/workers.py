@@ -35,8 +35,8 @@ class Pool(Protocol):
     def pump(self) -> None:
         """Hand queued calls to workers that have room."""
 
-    def finished(self, call: Call) -> None:
-        """``call`` ended: off the timer wheel, its latency observed."""
+    def call_ended(self, call: Call) -> None:
+        """``call`` ended (settled or abandoned): its latency is observed."""
 
 
 class Link(Protocol):
@@ -114,7 +114,7 @@ class Call:
         # worker until the reply comes or the deadline passes.
         self.make = _spent
         self.worker = None
-        self.entry.finished(self)
+        self.entry.call_ended(self)
 
     def fail(self, error: ServiceError) -> None:
         self.settle(error)
