@@ -10,6 +10,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .cli import ms as _ms
+from .cli import num as _num
+
 __all__ = ["BASELINES", "LOAD_BOUND", "ratio_table", "ratios", "summarize", "table", "verdict"]
 
 BASELINES = ("socketio", "node")
@@ -51,18 +54,6 @@ def summarize(
             }
         )
     return rows
-
-
-def _ms(value: float) -> str:
-    if value is None or math.isnan(value):
-        return "-"
-    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
-
-
-def _num(value: float | None, digits: int = 0) -> str:
-    if value is None or math.isnan(value):
-        return "-"
-    return f"{value:,.{digits}f}"
 
 
 def table(rows: list[dict[str, Any]]) -> str:

@@ -1,13 +1,15 @@
-"""What every bench command line shares: the results path, core and name arguments."""
+"""What every bench command line shares: the results path, core and name arguments,
+the cells of its tables."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["RESULTS_DIR", "cpu_arg", "names_arg", "output_path"]
+__all__ = ["RESULTS_DIR", "cpu_arg", "ms", "names_arg", "num", "output_path"]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -39,3 +41,17 @@ def names_arg(allowed: Sequence[str]) -> Callable[[str], list[str]]:
         return names
 
     return parse
+
+
+def num(value: float | None, digits: int = 0) -> str:
+    """A table cell: ``1,234`` (or with ``digits`` decimals); ``-`` for none or NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def ms(value: float | None) -> str:
+    """A latency cell in ms: two decimals under 10, one under 1 000, then ``1,234``."""
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 1000 else f"{value:,.0f}"

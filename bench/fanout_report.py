@@ -14,6 +14,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .cli import ms as _ms
+from .cli import num as _num
 from .ipc import _git as git
 from .ipc import machine as _machine
 
@@ -37,18 +39,6 @@ def case_label(r: dict[str, Any]) -> str:
     if r["scenario"] == "rate":
         return f"rate {r['subscribers']:,}x{r['rate']:g}/s"
     return f"{r['scenario']} {r['subscribers']:,}"
-
-
-def _num(value: float | None, digits: int = 0) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:,.{digits}f}"
-
-
-def _ms(value: float | None) -> str:
-    if value is None or math.isnan(value):
-        return "-"
-    return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 1000 else f"{value:,.0f}"
 
 
 def _writes(value: float | None) -> str:

@@ -21,6 +21,8 @@ from typing import Any
 
 from protocol.limits import Limits
 
+from .cli import ms as _ms
+
 __all__ = ["after_table", "build_rows", "phase_bound", "table"]
 
 MIB = 1 << 20
@@ -217,12 +219,6 @@ def build_rows(
                     }
                 )
     return rows, after
-
-
-def _ms(value: float) -> str:
-    if value is None or math.isnan(value):
-        return "-"
-    return f"{value:.2f}" if value < 10 else f"{value:,.0f}" if value >= 1000 else f"{value:.1f}"
 
 
 def _mib(value: float | None) -> str:

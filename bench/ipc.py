@@ -67,6 +67,7 @@ import orjson
 import psutil
 
 from .cli import cpu_arg, output_path
+from .cli import ms as _ms
 from .wsload import CONNECTING, DATA, HOST, WARMUP, LoadSpec, load_process, message_size, probe
 
 if TYPE_CHECKING:
@@ -435,10 +436,6 @@ def machine() -> dict[str, Any]:
         "git_dirty_files": len(dirty.splitlines()) if dirty else 0,
         "loadavg": list(os.getloadavg()),
     }
-
-
-def _ms(value: float) -> str:
-    return "-" if math.isnan(value) else (f"{value:.2f}" if value < 10 else f"{value:.1f}")
 
 
 def _pct(value: float | None) -> str:

@@ -7,8 +7,10 @@ linkd against each other server at the same size; ``targets`` checks issue 14's 
 
 from __future__ import annotations
 
-import math
 from typing import Any
+
+from .cli import ms as _ms
+from .cli import num as _num
 
 __all__ = ["ratio_table", "ratios", "table", "targets"]
 
@@ -18,18 +20,6 @@ COST_GROWTH_BOUND = 1.5
 #: Issue 14: RSS per idle connection at 10 000, KiB.
 IDLE_KIB_BOUND = 4.0
 IDLE_AT = 10_000
-
-
-def _num(value: float | None, digits: int = 0) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:,.{digits}f}"
-
-
-def _ms(value: float | None) -> str:
-    if value is None or math.isnan(value):
-        return "-"
-    return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 1000 else f"{value:,.0f}"
 
 
 def table(results: list[dict[str, Any]]) -> str:
