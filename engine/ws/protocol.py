@@ -29,7 +29,7 @@ from engine.ws.inbound import Inbound
 from engine.ws.lossy import Lossy
 from engine.ws.outbound import Outbound
 from engine.ws.refresh import Refresh
-from engine.ws.timers import Timers
+from engine.ws.timers import SHED_AFTER, Timers
 from protocol import CloseCode
 
 if TYPE_CHECKING:
@@ -73,7 +73,10 @@ class WsProtocol(Facade, Outbound, Lossy, Inbound, Guards, Refresh, Timers):
     def data_received(self, data: bytes) -> None:
         now = self._state.loop.time()
         self._state.metrics.ws_bytes_in += len(data)
-        self._conn.receive_data(data)
+        if self._conn.receive_data(data) and self._wake_at == math.inf:
+            # A new parser: shed it again if the connection falls quiet (timers.py).
+            self._wake_at = now + SHED_AFTER
+            self._set_deadline(self._due)
         if self._paused & (PAUSE_RATE | PAUSE_TURN):
             # Throttled, or frames of an earlier read still wait for their turn (bytes
             # a transport had read before pause_reading): they wait in the core.

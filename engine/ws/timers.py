@@ -4,7 +4,8 @@
 after ``heartbeat`` s without traffic, 1011 without a pong within
 ``heartbeat_timeout``), the token's expiry (1008), the close timeout (TCP reset when a
 closing handshake or a drain does not finish within ``close_timeout``) and an earlier
-wake-up for guards.py (``_wake_at``: the end of a throttle, a report that is due).
+wake-up (``_wake_at``: for guards.py the end of a throttle or a report that is due;
+for protocol.py the moment to drop the frame parser of a connection gone quiet).
 ``_due`` keeps the heartbeat/close timer while a wake-up stands in front of it.
 """
 
@@ -21,7 +22,13 @@ from engine.ws.base import WsBase
 from protocol import CloseCode
 from protocol.ws import WsState
 
-__all__ = ["Timers"]
+__all__ = ["SHED_AFTER", "Timers"]
+
+#: Seconds without a byte received after which a connection drops its frame parser
+#: (``WsConn.shed``: ~900 bytes, most of an idle connection's Python objects). Checked
+#: once, this long after a read made a new parser; a connection still busy then keeps
+#: it until the heartbeat finds it idle. Making one again costs ~2 µs.
+SHED_AFTER = 2.0
 
 log = logging.getLogger("linkd.ws")
 
@@ -53,6 +60,8 @@ class Timers(WsBase):
             self._wake(now)
             if self._closed:
                 return
+            if now - self._last_rx >= SHED_AFTER:
+                self._conn.shed()  # quiet since its parser was made (protocol.py)
             due = self._due
             if self._conn.state is WsState.OPEN:
                 due = min(due, self._expires_at)

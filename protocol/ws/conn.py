@@ -169,17 +169,25 @@ class WsConn:
         self._state = WsState.CLOSED
 
     # ---------------------------------------------------------------- inbound
-    def receive_data(self, data: bytes | None) -> None:
-        """Feed bytes from the socket; ``None`` means the peer closed TCP (EOF)."""
+    def receive_data(self, data: bytes | None) -> bool:
+        """Feed bytes from the socket; ``None`` means the peer closed TCP (EOF).
+
+        True when these bytes made a new frame parser (the first since the
+        connection opened or since ``shed``): the shell's cue to shed it again once
+        the connection is quiet.
+        """
         if self._state is WsState.CLOSED:
-            return  # §7.1.1: after the handshake, bytes are discarded.
+            return False  # §7.1.1: after the handshake, bytes are discarded.
         if data is None:
             self._eof = True
         elif data:
             proto = self._proto
             if proto is None:
                 proto = self._proto = FrameProtocol(False, [self._guard])
+                proto.receive_bytes(data)
+                return True
             proto.receive_bytes(data)
+        return False
 
     def shed(self) -> bool:
         """Drop the frame parser if it sits between two frames (nothing buffered,

@@ -121,3 +121,32 @@ async def test_one_sweeper_and_no_per_connection_timers() -> None:
         finally:
             for client in clients:
                 client.writer.close()
+
+
+async def test_a_quiet_connection_drops_its_frame_parser_and_parses_on_after() -> None:
+    """The parser the first message made is dropped ``SHED_AFTER`` s later if nothing
+    arrived since (an idle listener's memory); a busy connection keeps it; the next
+    message after a drop is parsed by a new one."""
+    from engine.ws.timers import SHED_AFTER
+
+    async with (
+        running_engine(heartbeat=60.0) as engine,
+        RawWs(engine.port) as quiet,
+        RawWs(engine.port) as busy,
+    ):
+        for raw in (quiet, busy):
+            raw.send_text("hello")
+            assert (await raw.recv_frame()).payload == b"hello"
+        conns = {ws.id: ws for ws in engine.state.ws_connections}
+        quiet_ws, busy_ws = sorted(conns.values(), key=lambda ws: ws.id)
+        assert quiet_ws._conn._proto is not None and busy_ws._conn._proto is not None
+        deadline = time.monotonic() + SHED_AFTER + 1.0
+        while time.monotonic() < deadline:
+            busy.send_text("tick")
+            assert (await busy.recv_frame()).payload == b"tick"
+            await asyncio.sleep(0.2)
+        assert quiet_ws._conn._proto is None, "the quiet connection kept its parser"
+        assert busy_ws._conn._proto is not None, "the busy one lost it mid-traffic"
+        quiet.send_text("again")
+        assert (await quiet.recv_frame()).payload == b"again"
+        assert quiet_ws._conn._proto is not None
