@@ -64,6 +64,10 @@ class Node:
     ) -> None:
         self.config = config
         self.limits = config.limits
+        #: A frame this size or smaller cannot take an unpaused connection past
+        #: ``max_outbound_bytes`` (its transport holds at most ``write_high_water``):
+        #: outbound.py's ``send_now`` then skips the buffer-size call.
+        self.frame_headroom = config.limits.max_outbound_bytes - config.limits.write_high_water
         self.routes = routes
         self.loop = loop
         self.metrics = metrics

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from engine.hub.member import Member
+from engine.core.metrics import Metrics
+from engine.hub.member import WROTE_PLAIN, Member
 from engine.limits.slow import Policy
 from protocol.ws import OutboundMessage
 
@@ -33,6 +34,7 @@ def fanout(
     policy: Policy | None = None,
     key: str | None = None,
     write_now: bool = False,
+    metrics: Metrics | None = None,
 ) -> int:
     """Queue ``message`` to every target; returns how many took it.
 
@@ -40,15 +42,26 @@ def fanout(
     conflation key (engine/limits/slow.py); None: each connection's path policy applies.
     ``write_now``: write each connection's frame now rather than at the end of the
     loop iteration (``Publish.write_now``: lower latency for a lone publish, more
-    system calls).
+    system calls). ``metrics``: where the messages are counted, once for all of them
+    (what ``send_prepared`` and ``send_now`` leave to the fan-out: ``WROTE_PLAIN``).
     """
     delivered = 0
+    plain = message.plain  # once, not once per recipient
     if write_now:
+        written = 0
         for ws in targets:
-            if ws.send_now(message, policy, key):
+            taken = ws.send_now(message, policy, key, plain)
+            if taken:
                 delivered += 1
+                if taken == WROTE_PLAIN:
+                    written += 1
+        if written and metrics is not None:
+            metrics.ws_messages_out += written
+            metrics.ws_bytes_out += written * len(plain)
         return delivered
     for ws in targets:
-        if ws.send_prepared(message, policy, key):
+        if ws.send_prepared(message, policy, key, plain):
             delivered += 1
+    if delivered and metrics is not None:
+        metrics.ws_messages_out += delivered  # send_prepared leaves them to us
     return delivered

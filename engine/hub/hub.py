@@ -457,8 +457,8 @@ class Hub:
         if event is not None and self.slow.lossy:
             policy = self.slow.for_event(event)
             key = f"{publish.stream}\x00{event}"
-        delivered = fanout(message, targets, policy, key, publish.write_now)
         metrics = self._metrics
+        delivered = fanout(message, targets, policy, key, publish.write_now, metrics)
         if metrics is not None:
             metrics.fanout_publishes += 1
             metrics.fanout_deliveries += delivered

@@ -12,7 +12,11 @@ from engine.brokers.history import RecoverRequest
 from engine.limits.slow import Policy
 from protocol.ws import OutboundMessage
 
-__all__ = ["Member"]
+__all__ = ["WROTE_PLAIN", "Member"]
+
+#: What ``send_now`` returns when it wrote the caller's ``plain`` frame as is and left
+#: it uncounted: the fan-out counts those messages and bytes once per publish.
+WROTE_PLAIN = 2
 
 
 class Member(Protocol):
@@ -38,12 +42,24 @@ class Member(Protocol):
     def end_join_refusals(self) -> None: ...
 
     def send_prepared(
-        self, message: OutboundMessage, policy: Policy | None = None, key: str | None = None
-    ) -> bool: ...
+        self,
+        message: OutboundMessage,
+        policy: Policy | None = None,
+        key: str | None = None,
+        plain: bytes | None = None,
+    ) -> bool:
+        """Queue it; with ``plain`` (the fan-out), ``ws_messages_out`` is the caller's."""
+        ...
 
     def send_now(
-        self, message: OutboundMessage, policy: Policy | None = None, key: str | None = None
-    ) -> bool: ...
+        self,
+        message: OutboundMessage,
+        policy: Policy | None = None,
+        key: str | None = None,
+        plain: bytes | None = None,
+    ) -> int:
+        """0: refused; 1: taken (and counted); ``WROTE_PLAIN``: written, not counted."""
+        ...
 
     def close(self, code: int = ..., reason: str = "") -> None: ...
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 
+from engine.hub.member import WROTE_PLAIN
 from engine.limits.slow import Policy
 from engine.ws.base import PAUSE_WRITE, WsBase
 from protocol import CloseCode
@@ -27,22 +28,33 @@ class Outbound(WsBase):
     __slots__ = ()
 
     def send_prepared(
-        self, message: OutboundMessage, policy: Policy | None = None, key: str | None = None
+        self,
+        message: OutboundMessage,
+        policy: Policy | None = None,
+        key: str | None = None,
+        plain: bytes | None = None,
     ) -> bool:
         """Queue a pre-built message (the fan-out path: encoded once for everyone).
 
         ``policy`` overrides the path's slow-consumer policy for this message (an
         event-type rule); ``key`` is its conflation key (target and event type).
+        ``plain``: ``message.plain``, from the fan-out (it reads it once for every
+        recipient instead of once each, and counts ``ws_messages_out`` once for all).
         """
-        if not self._conn.raw_allowed or self._closed:
+        conn = self._conn
+        if not conn.raw_allowed or self._closed:
             self._state.metrics.dropped_messages += 1
             return False
-        frame = self._frame(message)
+        if conn.deflate is not None:
+            frame = self._frame(message)
+        else:
+            frame = message.plain if plain is None else plain
         if self._policy is not None:
             self._queue_message(frame, self._policy if policy is None else policy, key)
         else:
             self._queue(frame)
-        self._state.metrics.ws_messages_out += 1
+        if plain is None:
+            self._state.metrics.ws_messages_out += 1
         return True
 
     def _frame(self, message: OutboundMessage) -> bytes:
@@ -57,31 +69,59 @@ class Outbound(WsBase):
         return conn.prepared(message, shared)
 
     def send_now(
-        self, message: OutboundMessage, policy: Policy | None = None, key: str | None = None
-    ) -> bool:
+        self,
+        message: OutboundMessage,
+        policy: Policy | None = None,
+        key: str | None = None,
+        plain: bytes | None = None,
+    ) -> int:
         """``send_prepared`` then write at once, without corking (a lone publish on an
-        idle engine: the first subscribers are served while the others are queued)."""
+        idle engine: the first subscribers are served while the others are queued).
+
+        Returns 0 if refused, 1 if taken, ``WROTE_PLAIN`` if ``plain`` was written as
+        is and *not* counted in ``ws_messages_out``/``ws_bytes_out``: the fan-out
+        counts those once per publish. Once per recipient: every attribute read here
+        is paid a thousand times per publish to a room of a thousand (the two
+        counters were a sixth of this path's instructions; bench/README.md).
+        """
         transport = self._transport
+        conn = self._conn
         if (
             self._out is not None
             or self._policy is not None
             or self._closed
             or transport is None
-            or not self._conn.raw_allowed
+            or not conn.raw_allowed
         ):  # the rare cases: the corked path, then written
-            sent = self.send_prepared(message, policy, key)
+            sent = self.send_prepared(message, policy, key)  # counted there
             self.flush()
             return sent
+        if conn.deflate is not None or plain is None:
+            return self._write_now(message)
+        # The fast path: the caller's plain frame, counted by the caller (WROTE_PLAIN).
         state = self._state
-        conn = self._conn
-        frame = message.plain if conn.deflate is None else self._frame(message)
+        if (
+            self._paused & PAUSE_WRITE or len(plain) > state.frame_headroom
+        ) and transport.get_write_buffer_size() + len(plain) > state.limits.max_outbound_bytes:
+            state.metrics.dropped_messages += 1
+            self._slow_consumer()
+            return True  # it was sent to us; the connection is what failed
+        transport.write(plain)
+        return WROTE_PLAIN
+
+    def _write_now(self, message: OutboundMessage) -> bool:
+        """``send_now`` of a frame this connection needs its own of (compressed), or
+        without the caller's plain frame: written and counted here."""
+        transport = self._transport
+        assert transport is not None
+        frame = self._frame(message)
         size = len(frame)
-        limits = state.limits
+        state = self._state
         # Not paused, the transport holds at most write_high_water: then a frame that
         # fits in the rest cannot pass the cap, and the C call per delivery is saved.
         if (
-            self._paused & PAUSE_WRITE or size > limits.max_outbound_bytes - limits.write_high_water
-        ) and transport.get_write_buffer_size() + size > limits.max_outbound_bytes:
+            self._paused & PAUSE_WRITE or size > state.frame_headroom
+        ) and transport.get_write_buffer_size() + size > state.limits.max_outbound_bytes:
             state.metrics.dropped_messages += 1
             self._slow_consumer()
             return True  # it was sent to us; the connection is what failed
@@ -99,17 +139,30 @@ class Outbound(WsBase):
         out = self._out
         size = len(frame)
         if out is None:
-            # The transport's buffer cannot change before our flush: read it once per
-            # iteration, then count down what is left under the cap.
-            left = self._state.limits.max_outbound_bytes - transport.get_write_buffer_size()
+            # The transport's buffer cannot change before our flush, and while it is
+            # not paused it holds at most write_high_water: start from that bound (no C
+            # call per connection per iteration), then count down what is left.
+            if self._paused & PAUSE_WRITE:
+                left = self._state.limits.max_outbound_bytes - transport.get_write_buffer_size()
+            else:
+                left = self._state.frame_headroom
         else:
             left = self._room
         left -= size
-        if left < 0 and self._conn.state is WsState.OPEN:
-            # The frame that tipped it over is dropped along with the corked ones.
-            self._state.metrics.dropped_messages += 1
-            self._slow_consumer()
-            return
+        if left < 0:
+            # Past the bound: the exact room, from the transport's real buffer.
+            corked = 0 if out is None else self._out_bytes
+            left = (
+                self._state.limits.max_outbound_bytes
+                - transport.get_write_buffer_size()
+                - corked
+                - size
+            )
+            if left < 0 and self._conn.state is WsState.OPEN:
+                # The frame that tipped it over is dropped along with the corked ones.
+                self._state.metrics.dropped_messages += 1
+                self._slow_consumer()
+                return
         self._room = left
         if out is None:
             # One frame is kept as is: a list per connection per message would be a

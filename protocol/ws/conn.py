@@ -77,6 +77,7 @@ class WsConn:
         "_state",
         "_text",
         "deflate",
+        "raw_allowed",
         "stalled",
     )
 
@@ -117,6 +118,12 @@ class WsConn:
         self._parts: bytearray | None = None
         self._text = False
         self._fragmenting = False
+        #: Whether a pre-built data frame may be written now: raw frames bypass
+        #: wsproto, so only while OPEN and while no fragmented message of ours is half
+        #: sent (its continuation frames would be interleaved with the raw one, which
+        #: RFC 6455 §5.4 forbids). A plain attribute, kept by every change of state or
+        #: of ``_fragmenting``: the fan-out reads it once per recipient.
+        self.raw_allowed = True
         if trailing_data:
             self.receive_data(trailing_data)
 
@@ -124,16 +131,6 @@ class WsConn:
     @property
     def state(self) -> WsState:
         return self._state
-
-    @property
-    def raw_allowed(self) -> bool:
-        """Whether a pre-built data frame may be written now.
-
-        Raw frames bypass wsproto, so they are only safe while OPEN and while no
-        fragmented message of ours is half sent (its continuation frames would be
-        interleaved with the raw one, which RFC 6455 §5.4 forbids).
-        """
-        return self._state is WsState.OPEN and not self._fragmenting
 
     #: ``frame_allowance`` meaning "no limit" (also the initial value).
     NO_FRAME_LIMIT = NO_FRAME_LIMIT
@@ -167,6 +164,7 @@ class WsConn:
         self._parts = None
         self._outgoing = None
         self._state = WsState.CLOSED
+        self.raw_allowed = False
 
     # ---------------------------------------------------------------- inbound
     def receive_data(self, data: bytes | None) -> bool:
@@ -272,6 +270,7 @@ class WsConn:
             # 1006" (§7.1.5).
             self._parts = None
             self._state = WsState.CLOSED
+            self.raw_allowed = False
             yield PeerClosed(CloseCode.ABNORMAL, "")
 
     def _frames(self, proto: FrameProtocol, limit: int) -> Iterator[Frame]:
@@ -294,6 +293,7 @@ class WsConn:
             # answered with an empty close frame.
             self._owe(encode_close(None if code == CloseCode.NO_STATUS else code))
         self._state = WsState.CLOSED
+        self.raw_allowed = False
         return PeerClosed(code, reason)
 
     def _fail(self, code: int, reason: str) -> WsEvent:
@@ -302,6 +302,7 @@ class WsConn:
         if self._state is WsState.OPEN:
             self._owe(encode_close(code, _public_reason(code)))
         self._state = WsState.CLOSED
+        self.raw_allowed = False
         return ConnectionFailed(code, reason)
 
     def data_to_send(self) -> list[bytes]:
@@ -349,6 +350,7 @@ class WsConn:
             self._text = isinstance(data, str)
         payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
         self._fragmenting = not fin
+        self.raw_allowed = fin  # OPEN, checked above
         return encode_frame(opcode, payload, fin=fin)
 
     def ping(self, payload: bytes = b"") -> bytes:
@@ -362,6 +364,7 @@ class WsConn:
             return b""
         self._state = WsState.LOCAL_CLOSING
         self._fragmenting = False
+        self.raw_allowed = False
         return encode_close(code, reason)
 
     def _require_raw(self) -> None:

@@ -146,3 +146,30 @@ async def test_broadcast_skips_closing_connections() -> None:
         assert engine.broadcast("after") == 2
         for client in clients[1:]:
             assert (await client.recv_frame()).payload == b"after"
+
+
+@pytest.mark.parametrize("write_now", [True, False], ids=["written-at-once", "corked"])
+async def test_fanout_counts_every_message_and_byte_once(write_now: bool) -> None:
+    """The fan-out counts the messages (and, written at once, the bytes) of all its
+    recipients in one go; plain and compressed recipients are counted exactly."""
+    from engine.brokers.publish import Publish
+    from engine.hub.fanout import prepare
+
+    async with (
+        running_engine() as engine,
+        raw_clients(engine.port, 5, None) as plain,
+        raw_clients(engine.port, 3, "permessage-deflate") as deflated,
+    ):
+        await wait_connections(engine.state.ws_connections, 8)
+        metrics = engine.metrics
+        messages, sent = metrics.ws_messages_out, metrics.ws_bytes_out
+        payload = MESSAGE.encode()
+        publish = Publish.to(payload, everyone=True, write_now=write_now)
+        assert engine.state.hub.fan(publish, prepare(MESSAGE), engine.state.ws_connections) == 8
+        wire = 0
+        for client in (*plain, *deflated):
+            frame = await client.recv_frame()
+            n = len(frame.payload)
+            wire += n + (2 if n < 126 else 4)  # a server frame: header, no mask
+        assert metrics.ws_messages_out - messages == 8
+        assert metrics.ws_bytes_out - sent == wire
