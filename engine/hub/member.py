@@ -6,6 +6,7 @@ interface, not the other way round.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from engine.brokers.history import RecoverRequest
@@ -59,6 +60,17 @@ class Member(Protocol):
         plain: bytes | None = None,
     ) -> int:
         """0: refused; 1: taken (and counted); ``WROTE_PLAIN``: written, not counted."""
+        ...
+
+    @classmethod
+    def fan_now(
+        cls,
+        message: OutboundMessage,
+        targets: Iterable[Member],
+        policy: Policy | None = None,
+        key: str | None = None,
+    ) -> tuple[int, int]:
+        """``send_now`` to every target: (taken, of them ``WROTE_PLAIN``)."""
         ...
 
     def close(self, code: int = ..., reason: str = "") -> None: ...

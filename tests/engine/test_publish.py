@@ -88,17 +88,17 @@ async def test_a_lone_emit_is_written_now_several_in_one_read_are_corked(
     ipc_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
-    send_now, send_prepared = WsProtocol.send_now, WsProtocol.send_prepared
+    fan_now, send_prepared = WsProtocol.fan_now.__func__, WsProtocol.send_prepared  # type: ignore[attr-defined]
 
-    def spy_now(self: WsProtocol, *args: Any) -> bool:
-        calls.append("now")
-        return send_now(self, *args)
+    def spy_now(cls: type[WsProtocol], message: Any, targets: Any, *args: Any) -> Any:
+        calls.extend("now" for _ in targets)  # the loop is inside: one call per fan-out
+        return fan_now(cls, message, targets, *args)
 
     def spy_prepared(self: WsProtocol, *args: Any) -> bool:
         calls.append("corked")
         return send_prepared(self, *args)
 
-    monkeypatch.setattr(WsProtocol, "send_now", spy_now)
+    monkeypatch.setattr(WsProtocol, "fan_now", classmethod(spy_now))
     monkeypatch.setattr(WsProtocol, "send_prepared", spy_prepared)
     async with rooms(ipc_path) as (engine, worker):
         a, b = await member(engine, "feed"), await member(engine, "feed")

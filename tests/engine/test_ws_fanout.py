@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import zlib
 from collections.abc import AsyncIterator, Sized
 
@@ -173,3 +174,46 @@ async def test_fanout_counts_every_message_and_byte_once(write_now: bool) -> Non
             wire += n + (2 if n < 126 else 4)  # a server frame: header, no mask
         assert metrics.ws_messages_out - messages == 8
         assert metrics.ws_bytes_out - sent == wire
+
+
+async def test_written_at_once_a_reader_gets_all_and_a_stalled_one_gets_1013() -> None:
+    """The fan-out's own loop (``fan_now``) keeps the outbound cap: a recipient that
+    stopped reading is closed with 1013 once its unsent bytes pass the cap (then
+    dropped, as it reads nothing), while one that reads gets every message, in order."""
+    from engine.brokers.publish import Publish
+    from engine.hub.fanout import prepare
+
+    limits = {"write_high_water": 16384, "write_low_water": 4096, "max_outbound_bytes": 65536}
+    async with (
+        running_engine(limits=limits, close_timeout=0.3) as engine,
+        raw_clients(engine.port, 1, None) as (reader,),
+        raw_clients(engine.port, 1, None) as (stalled,),
+    ):
+        await wait_connections(engine.state.ws_connections, 2)
+        stalled_sock = stalled.writer.get_extra_info("socket")
+        stalled_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.writer.transport.pause_reading()  # it reads nothing from now on
+        got: list[int] = []
+        published = 0
+
+        async def read() -> None:
+            while not got or got[-1] < published - 1 or engine.metrics.slow_consumers == 0:
+                frame = await reader.recv_frame()
+                got.append(int(frame.payload[:8]))
+
+        reading = asyncio.create_task(read())
+        body = "x" * 8000
+        # Until the kernel's buffers and then the cap are full (a few MB on loopback).
+        while engine.metrics.slow_consumers == 0 and published < 5000:
+            message = prepare(f"{published:08d}{body}")
+            publish = Publish.to(message.payload, everyone=True, write_now=True)
+            engine.state.hub.fan(publish, message, engine.state.ws_connections)
+            published += 1
+            await asyncio.sleep(0)  # the reader's turn
+        assert engine.metrics.slow_consumers == 1
+        await asyncio.wait_for(reading, 10.0)
+        assert got == list(range(published))
+        async with asyncio.timeout(5.0):  # 1013 sent, TCP dropped after close_timeout
+            while len(engine.state.ws_connections) > 1:  # noqa: ASYNC110 - engine state
+                await asyncio.sleep(0.01)
+        assert engine.metrics.ws_closes.get(1013) == 1
