@@ -91,23 +91,22 @@ class Outbound(WsBase):
         """
         plain = message.plain
         taken = written = 0
-        fits: bool | None = None  # under the headroom of the recipients' engine (one hub)
         ws: Any  # a Member; read through its slots when it is one of ours
+        ws = next(iter(targets), None)
+        # Under the headroom of the recipients' engine (they share one hub, one node).
+        fits = type(ws) is cls and len(plain) <= ws._state.frame_headroom
         for ws in targets:
-            if type(ws) is cls:
-                if fits is None:
-                    fits = len(plain) <= ws._state.frame_headroom
+            if fits and type(ws) is cls:
                 transport = ws._transport
                 conn = ws._conn
                 if (
-                    fits
-                    and ws._out is None
+                    ws._out is None
                     and ws._policy is None
                     and not ws._closed
+                    and not ws._paused  # any reason: the rare paths are send_now's
                     and transport is not None
                     and conn.raw_allowed
                     and conn.deflate is None
-                    and not ws._paused & PAUSE_WRITE
                 ):
                     transport.write(plain)
                     written += 1
