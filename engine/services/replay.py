@@ -16,9 +16,9 @@ bounded by age, by count and by bytes, and a big ack is not remembered at all.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import NamedTuple
 
 __all__ = [
     "MAX_ACK_BYTES",
@@ -44,10 +44,9 @@ MAX_REMEMBERED_BYTES = 16 * 1024 * 1024
 _ENTRY_OVERHEAD = 200
 
 
-class _Remembered(NamedTuple):
-    expires: float
-    digest: int
-    frame: bytes
+#: A remembered ack: ``(expires, digest, frame)``. A plain tuple, not a NamedTuple,
+#: whose ``__new__`` is a Python call once per request.
+_Remembered = tuple[float, int, bytes]
 
 
 class _Running:
@@ -88,6 +87,8 @@ class ReplayCache:
         self._done: OrderedDict[Hashable, _Remembered] = OrderedDict()
         self._running: dict[Hashable, _Running] = {}
         self._bytes = 0
+        #: When the oldest remembered ack expires: ``claim`` looks no further before.
+        self._expire_at = math.inf
 
     def __len__(self) -> int:
         return len(self._done)
@@ -105,12 +106,12 @@ class ReplayCache:
         None, and its answer replaces the old one. While that older one still runs, the
         new one runs beside it and is not remembered.
         """
-        if self._done:
+        if self._done and self.clock() >= self._expire_at:
             self._expire()
         done = self._done.get(key)
         if done is not None:
-            if done.digest == digest:
-                return done.frame
+            if done[1] == digest:
+                return done[2]
             self._forget(key)
         running = self._running.get(key)
         if running is None:
@@ -134,27 +135,32 @@ class ReplayCache:
             running.answer.set_result(frame)
         if frame is None or not remember or len(frame) > self.max_ack_bytes:
             return
-        if key in self._done:
-            self._forget(key)
-        self._done[key] = _Remembered(self.clock() + self.ttl, digest, frame)
-        self._bytes += len(frame) + _ENTRY_OVERHEAD
         done = self._done
+        if key in done:
+            self._forget(key)
+        expires = self.clock() + self.ttl
+        if not done:
+            self._expire_at = expires
+        done[key] = (expires, digest, frame)
+        self._bytes += len(frame) + _ENTRY_OVERHEAD
         while len(done) > self.max_entries or self._bytes > self.max_bytes:
             _, old = done.popitem(last=False)
-            self._bytes -= len(old.frame) + _ENTRY_OVERHEAD
+            self._bytes -= len(old[2]) + _ENTRY_OVERHEAD
+            self._expire_at = -math.inf  # the oldest changed: the next claim looks
 
     def _forget(self, key: Hashable) -> None:
         done = self._done.pop(key, None)
         if done is not None:
-            self._bytes -= len(done.frame) + _ENTRY_OVERHEAD
+            self._bytes -= len(done[2]) + _ENTRY_OVERHEAD
 
     def _expire(self) -> None:
         done = self._done
-        if not done:
-            return
         now = self.clock()
         while done:
             key = next(iter(done))
-            if done[key].expires > now:
+            expires = done[key][0]
+            if expires > now:
+                self._expire_at = expires
                 return
             self._forget(key)
+        self._expire_at = math.inf

@@ -103,7 +103,11 @@ class Call:
         done = self.done
         if done is None:
             return
-        self.abandon()
+        # abandon(), inline: this runs once per forwarded message.
+        self.done = None
+        self.make = _spent
+        self.worker = None
+        self.entry.call_ended(self)
         done(outcome)
 
     def abandon(self) -> None:

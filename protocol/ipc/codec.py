@@ -239,7 +239,7 @@ def _struct(cls: type) -> Validator:
             if (
                 kind is not None
                 and type(item) is kind
-                and (kind is not int or -_MAX_INT <= typing.cast(int, item) <= _MAX_INT)
+                and (kind is not int or -_MAX_INT <= item <= _MAX_INT)  # type: ignore[operator]
             ):
                 kwargs[name] = item
                 continue
