@@ -45,6 +45,7 @@ from .errors import (
     error_for_code,
 )
 from .service import Service
+from .slots import Slots
 
 __all__ = ["DEFAULT_IPC", "Worker", "engine_uids_from_env"]
 
@@ -138,7 +139,7 @@ class Worker:
         self.sessions = 0
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._slots = asyncio.Semaphore(service.concurrency)
+        self._slots = Slots(service.concurrency)
         self._after_start: asyncio.Task[None] | None = None
         self._registration: m.Registration | None = None
         #: What went wrong with the last attempt to reach the engine (None: it worked):
@@ -271,6 +272,8 @@ class Session:
         self.conn = IpcConn(Role.WORKER, max_frame=worker.max_frame)
         self.reader = reader
         self.writer = writer
+        # Asked twice per request: the transport's own (C) method, not the stream's.
+        self._transport = writer.transport
         self.closed = False
         self.heartbeat = 0.0
         self._queries: dict[int, asyncio.Future[m.Result]] = {}
@@ -477,17 +480,27 @@ class Session:
         self.writer.close()
 
     async def _request(self, handling: Coroutine[Any, Any, m.Reply]) -> None:
+        slots = self.worker._slots
         try:
-            async with self.worker._slots:
+            if not slots.try_take():  # a free slot, nearly always: no await, no future
+                await slots.take()
+            try:
                 reply = await handling
+            finally:
+                slots.give()
         finally:
             handling.close()  # no-op once awaited; frees it if the slot wait was cancelled
         self.reply(reply)
 
     async def _notification(self, handling: Coroutine[Any, Any, None]) -> None:
+        slots = self.worker._slots
         try:
-            async with self.worker._slots:
+            if not slots.try_take():
+                await slots.take()
+            try:
                 await handling
+            finally:
+                slots.give()
         finally:
             handling.close()  # no-op once awaited; frees it if the slot wait was cancelled
 
@@ -518,7 +531,7 @@ class Session:
         iteration: one system call and one wake-up of the engine instead of several.
         Order is kept, so commands still precede their reply.
         """
-        if self.closed or self.writer.is_closing():
+        if self.closed or self._transport.is_closing():
             raise ServiceUnavailableError("not connected to the engine")
         frame = self.conn.send(msg)
         if self._out is None:
@@ -529,7 +542,7 @@ class Session:
 
     def _flush_out(self) -> None:
         out, self._out = self._out, None
-        if out and not self.writer.is_closing():
+        if out and not self._transport.is_closing():
             self.writer.writelines(out)
 
     def _send_drain(self) -> None:
