@@ -70,11 +70,12 @@ def stamp(payload: bytes, field: bytes, name: str, seq: int, epoch: str) -> byte
     )
 
 
-@dataclass(slots=True)
-class Stamped:
-    seq: int
-    at: float
-    payload: bytes
+#: One kept event: ``(seq, at, payload)``, its number, the loop time it was kept and
+#: its stamped JSON. A plain tuple of atoms on purpose: the garbage collector stops
+#: tracking it at its first collection. A dataclass each (tracked for ever) put every
+#: kept event into the old generation: at 3 000 publishes/s a full collection of the
+#: whole heap every 1.6 s, 60-90 ms each (the chat bench's ack p99).
+Stamped = tuple[int, float, bytes]
 
 
 class Stream:
@@ -193,7 +194,7 @@ class StreamHistory:
         stream.last = now
         stamped = stamp(payload, field, name, stream.seq, stream.epoch)
         if self._size:
-            stream.events.append(Stamped(stream.seq, now, stamped))
+            stream.events.append((stream.seq, now, stamped))
         self._expire(stream, now)
         return stamped
 
@@ -215,10 +216,10 @@ class StreamHistory:
         events = stream.events
         if seq == stream.seq:
             return Recovery([], True, stream.epoch, stream.seq)
-        oldest = events[0].seq if events else stream.seq + 1
+        oldest = events[0][0] if events else stream.seq + 1
         # Kept events are consecutive up to stream.seq: complete when the first one
         # missing (seq + 1) is still there.
-        missed = [e.payload for e in events if e.seq > seq]
+        missed = [e[2] for e in events if e[0] > seq]
         return Recovery(missed, oldest <= seq + 1, stream.epoch, stream.seq)
 
     def read(self, key: str, since: int | None, epoch: str | None, limit: int) -> HistoryPage:
@@ -231,13 +232,13 @@ class StreamHistory:
         self._expire(stream, now)
         # Loop time → wall time: the offset now, close enough for a display.
         wall_ms = time.time() * 1000.0
-        kept = [(e.seq, wall_ms - (now - e.at) * 1000.0, e.payload) for e in stream.events]
+        kept = [(n, wall_ms - (now - at) * 1000.0, payload) for n, at, payload in stream.events]
         return history_page(stream.epoch, stream.seq, kept, since, epoch, limit)
 
     def _expire(self, stream: Stream, now: float) -> None:
         events = stream.events
         limit = now - self._ttl
-        while events and events[0].at < limit:
+        while events and events[0][1] < limit:
             events.popleft()
 
     def prune(self) -> int:
@@ -255,7 +256,7 @@ class StreamHistory:
         now_limit = now - self._ttl
         for stream in self._streams.values():
             events = stream.events
-            while events and events[0].at < now_limit:
+            while events and events[0][1] < now_limit:
                 events.popleft()
         return len(gone)
 

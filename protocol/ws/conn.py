@@ -248,11 +248,6 @@ class WsConn:
                         yield TextMessage(data)  # type: ignore[arg-type]
                     else:
                         yield BinaryMessage(bytes(data))  # type: ignore[arg-type]
-                    if not proto._frame_decoder.buffer.buffer and not self._eof:  # type: ignore[union-attr]
-                        # Nothing more received (the usual read: one message): asking
-                        # wsproto for the next frame would find none, at six calls. Its
-                        # parser waits just after this frame and resumes there.
-                        return
                 elif opcode is WsOpcode.PING:
                     payload = bytes(frame.payload)  # type: ignore[arg-type]
                     if self._state is WsState.OPEN:
