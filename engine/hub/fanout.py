@@ -45,21 +45,17 @@ def fanout(
     system calls). ``metrics``: where the messages are counted, once for all of them
     (what ``send_prepared`` and ``send_now`` leave to the fan-out: ``WROTE_PLAIN``).
     """
-    delivered = 0
-    plain = message.plain  # once, not once per recipient
+    first = next(iter(targets), None)
+    if first is None:
+        return 0
+    # The loop is the recipients' class's: one call per publish, not one per member.
     if write_now:
-        first = next(iter(targets), None)
-        if first is None:
-            return 0
-        # The loop is the recipients' class's (one call per publish, not per member).
         delivered, written = type(first).fan_now(message, targets, policy, key)
         if written and metrics is not None:
             metrics.ws_messages_out += written
-            metrics.ws_bytes_out += written * len(plain)
+            metrics.ws_bytes_out += written * len(message.plain)
         return delivered
-    for ws in targets:
-        if ws.send_prepared(message, policy, key, plain):
-            delivered += 1
+    delivered = type(first).fan_corked(message, targets, policy, key)
     if delivered and metrics is not None:
-        metrics.ws_messages_out += delivered  # send_prepared leaves them to us
+        metrics.ws_messages_out += delivered  # fan_corked leaves them all to us
     return delivered

@@ -73,6 +73,17 @@ class Member(Protocol):
         """``send_now`` to every target: (taken, of them ``WROTE_PLAIN``)."""
         ...
 
+    @classmethod
+    def fan_corked(
+        cls,
+        message: OutboundMessage,
+        targets: Iterable[Member],
+        policy: Policy | None = None,
+        key: str | None = None,
+    ) -> int:
+        """``send_prepared`` (with ``plain``: uncounted) to every target: how many took it."""
+        ...
+
     def close(self, code: int = ..., reason: str = "") -> None: ...
 
     def abort(self) -> None: ...

@@ -118,6 +118,65 @@ class Outbound(WsBase):
                     written += 1
         return taken + written, written
 
+    @classmethod
+    def fan_corked(
+        cls,
+        message: OutboundMessage,
+        targets: Iterable[Member],
+        policy: Policy | None = None,
+        key: str | None = None,
+    ) -> int:
+        """``send_prepared`` to each of ``targets`` with the loop inside (the corked
+        fan-out: frames leave at the end of the iteration, several publishes' in one
+        write); returns how many took it, every one left for the caller to count.
+
+        The common recipient (open, no lossy policy, no deflate, not paused, room left
+        under the cap's bound) is corked right here, as ``_queue`` would; anything
+        else, and a recipient of another class, takes ``send_prepared``.
+        """
+        plain = message.plain
+        size = len(plain)
+        taken = 0
+        ws: Any = next(iter(targets), None)  # a Member; read through its slots when ours
+        fast = type(ws) is cls
+        if fast:
+            headroom = ws._state.frame_headroom
+            corker = ws._state.corker
+        for ws in targets:
+            if fast and type(ws) is cls:
+                conn = ws._conn
+                if (
+                    ws._policy is None
+                    and not ws._closed
+                    and not ws._paused
+                    and conn.raw_allowed
+                    and conn.deflate is None
+                ):
+                    out = ws._out
+                    if out is None:
+                        left = headroom - size  # not paused: at most write_high_water buffered
+                        if left >= 0:
+                            ws._room = left
+                            ws._out = plain
+                            ws._out_bytes = size
+                            corker.add(ws)
+                            taken += 1
+                            continue
+                    else:
+                        left = ws._room - size
+                        if left >= 0:
+                            ws._room = left
+                            if isinstance(out, bytes):
+                                ws._out = [out, plain]
+                            else:
+                                out.append(plain)
+                            ws._out_bytes += size
+                            taken += 1
+                            continue
+            if ws.send_prepared(message, policy, key, plain):
+                taken += 1
+        return taken
+
     def send_now(
         self,
         message: OutboundMessage,

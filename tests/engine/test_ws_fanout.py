@@ -176,8 +176,9 @@ async def test_fanout_counts_every_message_and_byte_once(write_now: bool) -> Non
         assert metrics.ws_bytes_out - sent == wire
 
 
-async def test_written_at_once_a_reader_gets_all_and_a_stalled_one_gets_1013() -> None:
-    """The fan-out's own loop (``fan_now``) keeps the outbound cap: a recipient that
+@pytest.mark.parametrize("write_now", [True, False], ids=["written-at-once", "corked"])
+async def test_a_reader_gets_all_and_a_stalled_one_gets_1013(write_now: bool) -> None:
+    """The fan-out's own loops (``fan_now``, ``fan_corked``) keep the outbound cap: a recipient that
     stopped reading is closed with 1013 once its unsent bytes pass the cap (then
     dropped, as it reads nothing), while one that reads gets every message, in order."""
     from engine.brokers.publish import Publish
@@ -206,7 +207,7 @@ async def test_written_at_once_a_reader_gets_all_and_a_stalled_one_gets_1013() -
         # Until the kernel's buffers and then the cap are full (a few MB on loopback).
         while engine.metrics.slow_consumers == 0 and published < 5000:
             message = prepare(f"{published:08d}{body}")
-            publish = Publish.to(message.payload, everyone=True, write_now=True)
+            publish = Publish.to(message.payload, everyone=True, write_now=write_now)
             engine.state.hub.fan(publish, message, engine.state.ws_connections)
             published += 1
             await asyncio.sleep(0)  # the reader's turn
