@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -432,7 +431,6 @@ class Engine:
             loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
         try:
             await self.start()
-            _freeze_startup_objects()
             stop = asyncio.Event()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError):
@@ -587,17 +585,3 @@ async def _all(waits: list[asyncio.Future[None]]) -> None:
     finally:
         for wait in waits:
             wait.cancel()
-
-
-def _freeze_startup_objects() -> None:
-    """Collect once, then move every object start-up made (modules, classes, tables:
-    ~70 000 in an engine) out of the garbage collector's sight (``gc.freeze``).
-
-    They live as long as the process, yet each full collection walked them again. A
-    full collection runs whenever the objects that survived into the old generation
-    since the last one reach a quarter of it, which under load is every second or two
-    (requests queued for a busy worker live long enough to get there); frozen, the
-    engine's took 27-59 ms instead of 57-97 ms at the chat bench's saturation.
-    """
-    gc.collect()
-    gc.freeze()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 from collections.abc import Sequence
@@ -70,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ImportError, LookupError, AttributeError) as exc:
         print(f"python -m sdk: {exc}", file=sys.stderr)
         return 2
+    # Start-up's objects live as long as the process: frozen, full collections no
+    # longer walk them (the engine does the same, engine/cli/__init__.py).
+    gc.collect()
+    gc.freeze()
     run(services, ipc=args.ipc, grace=args.grace, log_level=args.log_level, engine_uids=uids)
     return 0
 

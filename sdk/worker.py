@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import random
@@ -252,10 +251,6 @@ class Worker:
         self.sessions += 1
         self.connected.set()
         if self._after_start is None:
-            # The first welcome: start-up is over. What it made lives as long as the
-            # process; frozen, full collections no longer walk it (engine/server.py).
-            gc.collect()
-            gc.freeze()
             self._after_start = asyncio.get_running_loop().create_task(
                 self.service.run_after_start()
             )

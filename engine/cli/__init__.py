@@ -19,6 +19,7 @@ engines on one port (``--processes``).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -70,6 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_settings(settings)
     log.info("linkd %s on %s", config.version, loop_name)
     engine = Engine(config)
+    # What start-up made (modules, classes, tables: ~70 000 objects) lives as long as
+    # the process: collected once, then frozen, full collections no longer walk it.
+    # Under load they run every few seconds (requests queued for a busy worker reach
+    # the old generation); the chat bench's took 27-59 ms frozen, 57-97 ms not.
+    gc.collect()
+    gc.freeze()
     try:
         asyncio.run(engine.serve() if index is None else run_child(engine))
     except (OSError, ValueError) as exc:

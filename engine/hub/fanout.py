@@ -42,8 +42,8 @@ def fanout(
     conflation key (engine/limits/slow.py); None: each connection's path policy applies.
     ``write_now``: write each connection's frame now rather than at the end of the
     loop iteration (``Publish.write_now``: lower latency for a lone publish, more
-    system calls). ``metrics``: where the messages are counted, once for all of them
-    (what ``send_prepared`` and ``send_now`` leave to the fan-out: ``WROTE_PLAIN``).
+    system calls). ``metrics``: where the recipients the loops served themselves are
+    counted, once per publish.
     """
     first = next(iter(targets), None)
     if first is None:
@@ -55,7 +55,7 @@ def fanout(
             metrics.ws_messages_out += written
             metrics.ws_bytes_out += written * len(message.plain)
         return delivered
-    delivered = type(first).fan_corked(message, targets, policy, key)
-    if delivered and metrics is not None:
-        metrics.ws_messages_out += delivered  # fan_corked leaves them all to us
+    delivered, corked = type(first).fan_corked(message, targets, policy, key)
+    if corked and metrics is not None:
+        metrics.ws_messages_out += corked  # its bytes are counted when flushed
     return delivered

@@ -13,11 +13,7 @@ from engine.brokers.history import RecoverRequest
 from engine.limits.slow import Policy
 from protocol.ws import OutboundMessage
 
-__all__ = ["WROTE_PLAIN", "Member"]
-
-#: What ``send_now`` returns when it wrote the caller's ``plain`` frame as is and left
-#: it uncounted: the fan-out counts those messages and bytes once per publish.
-WROTE_PLAIN = 2
+__all__ = ["Member"]
 
 
 class Member(Protocol):
@@ -43,24 +39,12 @@ class Member(Protocol):
     def end_join_refusals(self) -> None: ...
 
     def send_prepared(
-        self,
-        message: OutboundMessage,
-        policy: Policy | None = None,
-        key: str | None = None,
-        plain: bytes | None = None,
-    ) -> bool:
-        """Queue it; with ``plain`` (the fan-out), ``ws_messages_out`` is the caller's."""
-        ...
+        self, message: OutboundMessage, policy: Policy | None = None, key: str | None = None
+    ) -> bool: ...
 
     def send_now(
-        self,
-        message: OutboundMessage,
-        policy: Policy | None = None,
-        key: str | None = None,
-        plain: bytes | None = None,
-    ) -> int:
-        """0: refused; 1: taken (and counted); ``WROTE_PLAIN``: written, not counted."""
-        ...
+        self, message: OutboundMessage, policy: Policy | None = None, key: str | None = None
+    ) -> bool: ...
 
     @classmethod
     def fan_now(
@@ -70,7 +54,7 @@ class Member(Protocol):
         policy: Policy | None = None,
         key: str | None = None,
     ) -> tuple[int, int]:
-        """``send_now`` to every target: (taken, of them ``WROTE_PLAIN``)."""
+        """``send_now`` to every target: (taken, of them written and left uncounted)."""
         ...
 
     @classmethod
@@ -80,8 +64,8 @@ class Member(Protocol):
         targets: Iterable[Member],
         policy: Policy | None = None,
         key: str | None = None,
-    ) -> int:
-        """``send_prepared`` (with ``plain``: uncounted) to every target: how many took it."""
+    ) -> tuple[int, int]:
+        """``send_prepared`` to every target: (taken, of them corked and left uncounted)."""
         ...
 
     def close(self, code: int = ..., reason: str = "") -> None: ...

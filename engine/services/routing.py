@@ -17,6 +17,7 @@ docs/clients.md.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 from collections.abc import Awaitable, Callable, Coroutine
@@ -288,24 +289,9 @@ class ServiceWsEndpoint(WebSocketEndpoint):
     def _request(
         self, ws: WebSocket, raw: bytes, message_type: str, binary: bool
     ) -> Callable[[int], m.Message]:
-        remote = f"{ws.remote[0]}:{ws.remote[1]}" if ws.remote else None
-        auth = ws.auth
-        conn = ws.id
-        json = b"" if binary else raw
-        data = raw if binary else None
-
-        def make(request_id: int) -> m.Message:
-            return m.Message(
-                id=request_id,
-                conn=conn,
-                type=message_type,
-                json=json,
-                auth=auth,
-                remote=remote,
-                binary=data,
-            )
-
-        return make
+        return functools.partial(
+            _message, ws=ws, auth=ws.auth, raw=raw, type=message_type, binary=binary
+        )
 
     def _ack(self, msg_id: Any, message_type: str, outcome: Outcome) -> tuple[bytes | None, bool]:
         """The frame a call's outcome sends (None: nothing, a message without an id that
@@ -516,6 +502,22 @@ def mount_service(state: Host, entry: ServiceEntry) -> list[Callable[[], None]]:
     return undo
 
 
+def _message(
+    request_id: int, ws: WebSocket, auth: Any, raw: bytes, type: str, binary: bool
+) -> m.Message:
+    """The IPC ``Message`` of a WebSocket message (``auth``: as it was when it came)."""
+    remote = ws.remote
+    return m.Message(
+        id=request_id,
+        conn=ws.id,
+        type=type,
+        json=b"" if binary else raw,
+        auth=auth,
+        remote=f"{remote[0]}:{remote[1]}" if remote else None,
+        binary=raw if binary else None,
+    )
+
+
 class _Forwarded:
     """One message forwarded by callback (``ServiceWsEndpoint._forward_now``): what its
     request is made of and what its answer does, in one object.
@@ -563,18 +565,7 @@ class _Forwarded:
         self.completion = Completion()
 
     def make(self, request_id: int) -> m.Message:
-        ws = self.ws
-        remote = ws.remote
-        binary = self.binary
-        return m.Message(
-            id=request_id,
-            conn=ws.id,
-            type=self.message_type,
-            json=b"" if binary else self.raw,
-            auth=self.auth,
-            remote=f"{remote[0]}:{remote[1]}" if remote else None,
-            binary=self.raw if binary else None,
-        )
+        return _message(request_id, self.ws, self.auth, self.raw, self.message_type, self.binary)
 
     def done(self, outcome: Outcome) -> None:
         endpoint = self.endpoint

@@ -103,11 +103,7 @@ class Call:
         done = self.done
         if done is None:
             return
-        # abandon(), inline: this runs once per forwarded message.
-        self.done = None
-        self.make = _spent
-        self.worker = None
-        self.entry.call_ended(self)
+        self.abandon()
         done(outcome)
 
     def abandon(self) -> None:

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from engine.hub.member import WROTE_PLAIN, Member
+from engine.hub.member import Member
 from engine.limits.slow import Policy
 from engine.ws.base import PAUSE_WRITE, WsBase
 from protocol import CloseCode
@@ -30,33 +30,23 @@ class Outbound(WsBase):
     __slots__ = ()
 
     def send_prepared(
-        self,
-        message: OutboundMessage,
-        policy: Policy | None = None,
-        key: str | None = None,
-        plain: bytes | None = None,
+        self, message: OutboundMessage, policy: Policy | None = None, key: str | None = None
     ) -> bool:
         """Queue a pre-built message (the fan-out path: encoded once for everyone).
 
         ``policy`` overrides the path's slow-consumer policy for this message (an
         event-type rule); ``key`` is its conflation key (target and event type).
-        ``plain``: ``message.plain``, from the fan-out (it reads it once for every
-        recipient instead of once each, and counts ``ws_messages_out`` once for all).
         """
         conn = self._conn
         if not conn.raw_allowed or self._closed:
             self._state.metrics.dropped_messages += 1
             return False
-        if conn.deflate is not None:
-            frame = self._frame(message)
-        else:
-            frame = message.plain if plain is None else plain
+        frame = self._frame(message)
         if self._policy is not None:
             self._queue_message(frame, self._policy if policy is None else policy, key)
         else:
             self._queue(frame)
-        if plain is None:
-            self._state.metrics.ws_messages_out += 1
+        self._state.metrics.ws_messages_out += 1
         return True
 
     def _frame(self, message: OutboundMessage) -> bytes:
@@ -79,9 +69,9 @@ class Outbound(WsBase):
         key: str | None = None,
     ) -> tuple[int, int]:
         """``send_now`` to each of ``targets``, the loop inside: ``(taken, written)``,
-        ``written`` being the plain frames written here and left for the caller to
-        count (``WROTE_PLAIN``). engine/hub/fanout.py calls it on the class of its
-        first recipient.
+        ``written`` being those of them written here and left for the caller to count
+        (``ws_messages_out``, ``ws_bytes_out``: once per publish). engine/hub/fanout.py
+        calls it on the class of its first recipient.
 
         The common recipient (open, nothing corked, no lossy policy, no deflate, not
         paused, the frame under the cap's headroom) costs a few slot reads and the
@@ -111,11 +101,8 @@ class Outbound(WsBase):
                     transport.write(plain)
                     written += 1
                     continue
-            sent = ws.send_now(message, policy, key, plain)
-            if sent:
+            if ws.send_now(message, policy, key):  # counted there
                 taken += 1
-                if sent == WROTE_PLAIN:
-                    written += 1
         return taken + written, written
 
     @classmethod
@@ -125,10 +112,11 @@ class Outbound(WsBase):
         targets: Iterable[Member],
         policy: Policy | None = None,
         key: str | None = None,
-    ) -> int:
+    ) -> tuple[int, int]:
         """``send_prepared`` to each of ``targets`` with the loop inside (the corked
         fan-out: frames leave at the end of the iteration, several publishes' in one
-        write); returns how many took it, every one left for the caller to count.
+        write): ``(taken, corked)``, ``corked`` being those corked here and left for
+        the caller to count in ``ws_messages_out``.
 
         The common recipient (open, no lossy policy, no deflate, not paused, room left
         under the cap's bound) is corked right here, as ``_queue`` would; anything
@@ -136,7 +124,7 @@ class Outbound(WsBase):
         """
         plain = message.plain
         size = len(plain)
-        taken = 0
+        taken = corked = 0
         ws: Any = next(iter(targets), None)  # a Member; read through its slots when ours
         fast = type(ws) is cls
         if fast:
@@ -160,7 +148,7 @@ class Outbound(WsBase):
                             ws._out = plain
                             ws._out_bytes = size
                             corker.add(ws)
-                            taken += 1
+                            corked += 1
                             continue
                     else:
                         left = ws._room - size
@@ -171,58 +159,29 @@ class Outbound(WsBase):
                             else:
                                 out.append(plain)
                             ws._out_bytes += size
-                            taken += 1
+                            corked += 1
                             continue
-            if ws.send_prepared(message, policy, key, plain):
+            if ws.send_prepared(message, policy, key):  # counted there
                 taken += 1
-        return taken
+        return taken + corked, corked
 
     def send_now(
-        self,
-        message: OutboundMessage,
-        policy: Policy | None = None,
-        key: str | None = None,
-        plain: bytes | None = None,
-    ) -> int:
+        self, message: OutboundMessage, policy: Policy | None = None, key: str | None = None
+    ) -> bool:
         """``send_prepared`` then write at once, without corking (a lone publish on an
         idle engine: the first subscribers are served while the others are queued).
-
-        Returns 0 if refused, 1 if taken, ``WROTE_PLAIN`` if ``plain`` was written as
-        is and *not* counted in ``ws_messages_out``/``ws_bytes_out``: the fan-out
-        counts those once per publish. Once per recipient: every attribute read here
-        is paid a thousand times per publish to a room of a thousand (the two
-        counters were a sixth of this path's instructions; bench/README.md).
-        """
+        The fan-out's common recipient never gets here (``fan_now`` writes it)."""
         transport = self._transport
-        conn = self._conn
         if (
             self._out is not None
             or self._policy is not None
             or self._closed
             or transport is None
-            or not conn.raw_allowed
+            or not self._conn.raw_allowed
         ):  # the rare cases: the corked path, then written
-            sent = self.send_prepared(message, policy, key)  # counted there
+            sent = self.send_prepared(message, policy, key)
             self.flush()
             return sent
-        if conn.deflate is not None or plain is None:
-            return self._write_now(message)
-        # The fast path: the caller's plain frame, counted by the caller (WROTE_PLAIN).
-        state = self._state
-        if (
-            self._paused & PAUSE_WRITE or len(plain) > state.frame_headroom
-        ) and transport.get_write_buffer_size() + len(plain) > state.limits.max_outbound_bytes:
-            state.metrics.dropped_messages += 1
-            self._slow_consumer()
-            return True  # it was sent to us; the connection is what failed
-        transport.write(plain)
-        return WROTE_PLAIN
-
-    def _write_now(self, message: OutboundMessage) -> bool:
-        """``send_now`` of a frame this connection needs its own of (compressed), or
-        without the caller's plain frame: written and counted here."""
-        transport = self._transport
-        assert transport is not None
         frame = self._frame(message)
         size = len(frame)
         state = self._state
